@@ -1,0 +1,56 @@
+"""Shared test helpers: import a stage's train.py by folder name, run it as a learner would.
+
+The stage folders start with digits (`03_mlp`), so they are not importable packages; this
+loads `<folder>/train.py` as a module without running its training (importing a stage
+never trains: the work happens in `main()`).
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_loaded = {}
+
+
+def load_stage(folder: str):
+    """The module `<folder>/train.py`, imported once per test session."""
+    if folder not in _loaded:
+        path = ROOT / folder / "train.py"
+        name = "stage_" + folder
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look modules up by name
+        spec.loader.exec_module(module)
+        _loaded[folder] = module
+    return _loaded[folder]
+
+
+def run_script(*args, timeout=120):
+    """Run `python <args>` from the repository root, as the README does; returns the
+    CompletedProcess with text stdout/stderr."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0")
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result):
+    """A user error: non-zero exit, exactly one line on stderr, no traceback."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def tmp_out(tmp_path):
+    """An output folder for a stage run inside the test's temporary directory."""
+    return str(tmp_path / "out")
