@@ -1,0 +1,473 @@
+"""Stage 02: a bigram language model of names, counted and then learned.
+
+Follows "The spelled-out intro to language modeling: building makemore" (makemore part 1).
+New over stage 01: the `Tensor`, stage 01's `Value` over whole numpy arrays, and random
+numbers identical to the lecture's (common/rng.py reproduces PyTorch's generator), so the
+printed losses and sampled names match the video.
+
+    python 02_bigram/train.py                 # both models, figures in out/02_bigram/
+    python 02_bigram/train.py --steps 100     # fewer gradient-descent steps
+
+What it prints (measured; the lecture prints the same):
+    counting model   average NLL 2.454014 (2.454577 with +1 smoothing)
+                     samples: mor. axx. minaymoryles. kondlaisah. anchshizarie.
+    neural bigram    loss 3.768619 at step 0, 2.489959 at step 100, 2.481499 after 300
+                     samples: mor. axx. minaymoryles. kondlaisah. anchthizarie.
+"""
+
+# %% Imports
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+from common import cli, data, rng  # noqa: E402
+
+
+# %% Config
+@dataclass
+class Config:
+    steps: int = cli.arg(300, "gradient-descent steps of the neural bigram")
+    lr: float = cli.arg(50.0, "learning rate (the lecture's 50: the model is tiny)")
+    reg: float = cli.arg(0.01, "weight of the (W**2).mean() regularization")
+    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)")
+    samples: int = cli.arg(5, "names to sample from each model")
+    out: str = cli.arg("out/02_bigram", "output folder for figures")
+    plots: bool = cli.arg(True, "write figures")
+
+    def check(self):
+        cli.check(self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
+        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        cli.check(self.reg >= 0, f"--reg must be >= 0, got {self.reg}")
+        cli.check(self.samples >= 0, f"--samples must be >= 0, got {self.samples}")
+        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
+
+
+# %% Data
+def bigram_pairs(words, stoi):
+    """Every bigram of every name with '.' marking start and end: 'emma' gives
+    .e em mm ma a. -> xs = [0, 5, 13, 13, 1], ys = [5, 13, 13, 1, 0]."""
+    xs, ys = [], []
+    for w in words:
+        chs = ["."] + list(w) + ["."]
+        for ch1, ch2 in zip(chs, chs[1:]):
+            xs.append(stoi[ch1])
+            ys.append(stoi[ch2])
+    return np.array(xs, dtype=np.int64), np.array(ys, dtype=np.int64)
+
+
+def top_bigrams(words, k=10):
+    """The lecture's first count, in a dict with <S> and <E> tokens: the k most common."""
+    b = {}
+    for w in words:
+        chs = ["<S>"] + list(w) + ["<E>"]
+        for bigram in zip(chs, chs[1:]):
+            b[bigram] = b.get(bigram, 0) + 1
+    return sorted(b.items(), key=lambda kv: -kv[1])[:k]
+
+
+# %% Engine
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
+                                  and data.dtype.kind == "f"):
+            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data @ other.data, _children=(self, other), _op="@")
+
+        def _backward(g):  # (N, K) @ (K, M): dA = g @ B.T, dB = A.T @ g
+            self._accumulate(g @ other.data.T)
+            other._accumulate(self.data.T @ g)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        n = self.data.size if dim is None else self.data.shape[dim]
+        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
+                     _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
+            if isinstance(idx, tuple) else idx
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- backpropagation --
+    def backward(self):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None and node.grad is not None:
+                node._backward(node.grad)
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def one_hot(ix, num_classes):
+    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
+    return np.eye(num_classes, dtype=np.float32)[ix]
+
+
+# %% Model
+def count_matrix(xs, ys, n=27):
+    """N[i, j]: how often character j follows character i (a 27x27 table of ints)."""
+    N = np.zeros((n, n), dtype=np.int32)
+    np.add.at(N, (xs, ys), 1)
+    return N
+
+
+def counting_model(N, smoothing=1):
+    """P[i]: the probability of the next character given character i: the counts of
+    row i, plus `smoothing` fake counts so no bigram has probability zero, normalized."""
+    P = (N + smoothing).astype(np.float32)
+    return P / P.sum(1, keepdims=True)  # (27, 27) / (27, 1): every row divided by its sum
+
+
+def average_nll(P, xs, ys):
+    """The quality of a model on data: the average negative log likelihood of the
+    observed next characters (lower is better; 0 would be perfect)."""
+    with np.errstate(divide="ignore"):  # log(0) = -inf for an unseen bigram is the point
+        logprobs = np.log(P[xs, ys].astype(np.float64))
+    return float(-logprobs.sum() / len(xs))
+
+
+def neural_bigram_loss(W, xenc, ys, reg):
+    """The neural net's loss: one-hot inputs times W give log-counts ("logits"); exp and
+    normalize them into probabilities (a softmax); the average NLL of the right next
+    characters, plus a pull of W towards zero (the counting model's smoothing)."""
+    logits = Tensor(xenc) @ W                   # (N, 27) @ (27, 27): log-counts
+    counts = logits.exp()                       # (N, 27) counts, like N
+    probs = counts / counts.sum(1, keepdim=True)  # (N, 27) each row sums to 1
+    return -probs[np.arange(len(ys)), ys].log().mean() + reg * (W**2).mean()
+
+
+# %% Training
+def train_neural_bigram(cfg, xs, ys, quiet=False):
+    """Full-batch gradient descent on all 228,146 bigrams."""
+    g = rng.Generator(cfg.seed)
+    W = Tensor(rng.randn(27, 27, generator=g), requires_grad=True)  # (27, 27)
+    xenc = one_hot(xs, 27)  # (N, 27) inputs, encoded once: they never change
+    progress = cli.Progress(cfg.steps, every=10, quiet=quiet)
+    losses = []
+    for k in range(cfg.steps):
+        loss = neural_bigram_loss(W, xenc, ys, cfg.reg)  # forward pass
+        W.grad = None                                   # zero the gradient
+        loss.backward()                                 # backward pass
+        W.data += -cfg.lr * W.grad                      # update
+        losses.append(cli.finite(loss.item()))
+        progress.update(k, losses[-1], cfg.lr)
+    with no_grad():
+        final = neural_bigram_loss(W, xenc, ys, cfg.reg).item()
+    return W, losses, final
+
+
+# %% Sampling
+def sample_names(next_probs, n, seed, itos):
+    """Sample `n` names: start at '.', draw the next character from next_probs(ix) with
+    torch.multinomial's sampling (with replacement), stop at the next '.'."""
+    g = rng.Generator(seed)
+    names = []
+    for _ in range(n):
+        out, ix = [], 0
+        while True:
+            p = next_probs(ix)
+            ix = int(rng.multinomial(p, num_samples=1, replacement=True, generator=g)[0])
+            out.append(itos[ix])
+            if ix == 0:
+                break
+        names.append("".join(out))
+    return names
+
+
+def neural_next_probs(W):
+    """The trained net's distribution of the character after `ix`."""
+    def next_probs(ix):
+        with no_grad():
+            logits = Tensor(one_hot(np.array([ix]), 27)) @ W  # (1, 27)
+            counts = logits.exp()
+            return (counts / counts.sum(1, keepdim=True)).data[0]
+    return next_probs
+
+
+# %% Figures
+def plot_counts(N, itos, path):
+    """The lecture's annotated heat map: every cell shows its bigram and count."""
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(16, 16))
+    ax.imshow(N, cmap="Blues")
+    for i in range(27):
+        for j in range(27):
+            ax.text(j, i, itos[i] + itos[j], ha="center", va="bottom", color="gray")
+            ax.text(j, i, str(N[i, j]), ha="center", va="top", color="gray")
+    ax.set_title("bigram counts N[row, col]: how often col follows row")
+    ax.axis("off")
+    cli.save_figure(fig, path)
+
+
+def plot_one_hot(xenc, path):
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 2.2))
+    ax.imshow(xenc, cmap="gray_r")
+    ax.set_title("one-hot inputs for the 5 bigrams of 'emma' (rows) over 27 characters")
+    ax.set_yticks(range(len(xenc)), [".e", "em", "mm", "ma", "a."])
+    ax.set_xlabel("character index")
+    cli.save_figure(fig, path)
+
+
+def plot_loss(losses, counting_nll, path):
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(losses, label="neural bigram (training loss)")
+    ax.axhline(counting_nll, color="gray", ls="--", label="counting model (+1 smoothing)")
+    ax.set_xlabel("gradient-descent step")
+    ax.set_ylabel("average negative log likelihood")
+    ax.legend()
+    cli.save_figure(fig, path)
+
+
+# %% Main
+def walkthrough_emma(W, stoi, itos):
+    """The lecture's five examples of 'emma', one line each; returns the average NLL."""
+    xs, ys = bigram_pairs(["emma"], stoi)
+    with no_grad():
+        logits = Tensor(one_hot(xs, 27)) @ W
+        counts = logits.exp()
+        probs = (counts / counts.sum(1, keepdim=True)).data  # (5, 27)
+    nlls = np.zeros(5, dtype=np.float32)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        p = probs[i, y]
+        nlls[i] = -np.log(p)
+        print(f"  bigram {itos[x]}{itos[y]}: input {x:2d}, label {y:2d}, "
+              f"probability {p:.4f}, negative log likelihood {nlls[i]:.4f}")
+    return float(nlls.mean())
+
+
+def main(argv=None) -> dict:
+    cfg = cli.parse_config(Config, argv, __doc__, prog="02_bigram/train.py")
+    cli.keep_freed_memory()  # full-batch arrays are big: reuse their memory each step
+    words = data.load_names()
+    stoi, itos = data.names_vocab(words)
+    xs, ys = bigram_pairs(words, stoi)
+    print(f"{len(words)} names, {len(xs)} bigrams")
+
+    print("\n== Counting: the most common bigrams")
+    top = top_bigrams(words)
+    print("  " + ", ".join(f"{a}{b} {n}" for (a, b), n in top[:5]) + ", ...")
+    N = count_matrix(xs, ys)
+    print(f"  count matrix {N.shape}: {N.sum()} bigrams, {(N == 0).sum()} empty cells")
+
+    # The broadcasting trap: sum(1) without keepdim is a (27,) row vector, which numpy
+    # aligns with the LAST dimension, so it divides columns, not rows.
+    P_raw = N.astype(np.float32)
+    right = P_raw / P_raw.sum(1, keepdims=True)  # (27, 27) / (27, 1)
+    wrong = P_raw / P_raw.sum(1)                 # (27, 27) / (1, 27) after broadcasting
+    print(f"  rows of P sum to {right[0].sum():.4f} with keepdim, "
+          f"to {wrong[0].sum():.4f} without (the columns got normalized instead)")
+
+    nll_raw = average_nll(counting_model(N, smoothing=0), xs, ys)
+    P = counting_model(N, smoothing=1)
+    nll = average_nll(P, xs, ys)
+    xq, yq = bigram_pairs(["andrejq"], stoi)
+    nll_q = average_nll(counting_model(N, smoothing=0), xq, yq)
+    print(f"  average NLL {nll_raw:.6f}; with +1 smoothing {nll:.6f}; "
+          f"'andrejq' unsmoothed {nll_q}")
+    counted_names = sample_names(lambda ix: P[ix], cfg.samples, cfg.seed, itos)
+    print("  samples: " + " ".join(counted_names))
+
+    print("\n== Neural bigram: one-hot(x) @ W, softmax, negative log likelihood")
+    W0 = Tensor(rng.randn(27, 27, generator=rng.Generator(cfg.seed)))
+    emma_nll = walkthrough_emma(W0, stoi, itos)
+    print(f"  average negative log likelihood over 'emma': {emma_nll}")
+
+    start = time.perf_counter()
+    W, losses, final = train_neural_bigram(cfg, xs, ys)
+    seconds = time.perf_counter() - start
+    print(f"  loss after {cfg.steps} steps: {final:.6f} ({seconds:.1f}s)")
+    neural_names = sample_names(neural_next_probs(W), cfg.samples, cfg.seed, itos)
+    print("  samples: " + " ".join(neural_names))
+
+    files = []
+    if cfg.plots:
+        out = cli.out_dir(cfg.out)
+        plot_counts(N, itos, out / "counts.png")
+        plot_one_hot(one_hot(bigram_pairs(["emma"], stoi)[0], 27), out / "one_hot.png")
+        plot_loss(losses, nll, out / "loss.png")
+        files = [str(out / f) for f in ("counts.png", "one_hot.png", "loss.png")]
+        print(f"\nfigures: {', '.join(files)}")
+    return dict(config=asdict(cfg), n_bigrams=int(N.sum()), empty_cells=int((N == 0).sum()),
+                top=top, nll_unsmoothed=nll_raw, nll_smoothed=nll, nll_andrejq=nll_q,
+                counting_samples=counted_names, emma_nll=emma_nll, losses=losses,
+                final_loss=final, neural_samples=neural_names, seconds=seconds, files=files)
+
+
+if __name__ == "__main__":
+    cli.run(main)
