@@ -43,7 +43,7 @@ def arg(default, help, choices=None):
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit status 2."""
 
     def error(self, message):
@@ -59,7 +59,7 @@ def parse_config(config_cls, argv=None, description=None, prog=None):
     `--n-embd`; a bool that defaults to True is switched off with `--no-NAME`, one that
     defaults to False is switched on with `--NAME`. After parsing, `config.check()` (if the
     class has one) validates the values; a failed check exits with one line too."""
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=prog,
         description=(description or "").strip().split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -198,6 +198,9 @@ def _atomic_write(path: Path, write):
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,535 @@
+"""Stage 03: a multilayer perceptron language model (Bengio et al. 2003).
+
+Follows "Building makemore Part 2: MLP" (makemore part 2). New over stage 02: the model
+sees the previous `block_size` characters instead of one; each character is looked up in a
+learned embedding table `C`, the embeddings are concatenated and go through a tanh hidden
+layer; the loss is the fused `cross_entropy`; training uses minibatches, a learning-rate
+finder and a learning-rate decay; and the data is split into train / dev / test.
+
+    python 03_mlp/train.py                            # the lecture's final model
+    python 03_mlp/train.py --n-embd 2 --n-hidden 100  # 2-D embeddings, for the picture
+
+What the default run prints (measured; about a minute on a 2-core CPU, 0.2-0.4 ms/step):
+    11897 parameters; first minibatch loss 27.8817 (stage 04 explains why so high)
+    after 200,000 steps: train 2.1217, val 2.1650, test 2.1595
+    samples: carmah. amille. khy. mili. taty. skanden. jazhuen. den. art. kaqui. ...
+(PyTorch 2.13 running the same recipe on the same random numbers ends at train 2.1220,
+val 2.1655, test 2.1606; the lecture, whose batches were not seeded, printed 2.1260 /
+2.1701.)
+"""
+
+# %% Imports
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Tiny matrices (32 x 30 @ 30 x 200) gain nothing from a second BLAS thread (measured:
+# tests/benchmarks/bench_mlp.py), so leave the other core free. Must precede numpy's import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+from common import cli, data, rng  # noqa: E402
+
+
+# %% Config
+@dataclass
+class Config:
+    block_size: int = cli.arg(3, "context length: how many characters predict the next")
+    n_embd: int = cli.arg(10, "dimensions of each character's embedding")
+    n_hidden: int = cli.arg(200, "neurons in the hidden tanh layer")
+    steps: int = cli.arg(200_000, "training steps (minibatches)")
+    batch_size: int = cli.arg(32, "examples per minibatch")
+    lr: float = cli.arg(0.1, "learning rate")
+    lr_decay_step: int = cli.arg(100_000, "from this step on the learning rate is lr / 10")
+    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)")
+    samples: int = cli.arg(20, "names to sample after training")
+    out: str = cli.arg("out/03_mlp", "output folder for figures and the checkpoint")
+    plots: bool = cli.arg(True, "write figures")
+
+    def check(self):
+        cli.check(self.block_size >= 1, f"--block-size must be >= 1, got {self.block_size}")
+        cli.check(self.n_embd >= 1, f"--n-embd must be >= 1, got {self.n_embd}")
+        cli.check(self.n_hidden >= 1, f"--n-hidden must be >= 1, got {self.n_hidden}")
+        cli.check(self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
+        cli.check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        cli.check(self.samples >= 0, f"--samples must be >= 0, got {self.samples}")
+        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
+
+
+# %% Data
+def show_examples(X, Y, itos, n=5):
+    """The lecture's view of the dataset: `... ---> e`, `..e ---> m`, ..."""
+    for x, y in zip(X[:n], Y[:n]):
+        print("  " + "".join(itos[i] for i in x), "--->", itos[y])
+
+
+# %% Engine
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
+                                  and data.dtype.kind == "f"):
+            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data @ other.data, _children=(self, other), _op="@")
+
+        def _backward(g):  # (N, K) @ (K, M): dA = g @ B.T, dB = A.T @ g
+            self._accumulate(g @ other.data.T)
+            other._accumulate(self.data.T @ g)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    def tanh(self):
+        out = Tensor(np.tanh(self.data), _children=(self,), _op="tanh")
+        out._backward = lambda g: self._accumulate(g * (1 - out.data**2))  # 1 - tanh**2
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        n = self.data.size if dim is None else self.data.shape[dim]
+        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
+                     _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
+            if isinstance(idx, tuple) else idx
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- shape: the same numbers, seen as a different shape (no copy, like torch's view) --
+    def view(self, *shape):
+        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
+        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
+        return out
+
+    reshape = view
+
+    # -- backpropagation --
+    def backward(self):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None and node.grad is not None:
+                node._backward(node.grad)
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def one_hot(ix, num_classes):
+    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
+    return np.eye(num_classes, dtype=np.float32)[ix]
+
+
+def cross_entropy(logits, targets):
+    """F.cross_entropy: the mean negative log likelihood of `targets` under
+    softmax(logits), as ONE op. Subtracting each row's max before exp() keeps exp() from
+    overflowing (softmax does not change when a constant is subtracted from a row), and
+    the backward pass is the short formula (softmax - one_hot(targets)) / N instead of a
+    chain of exp, sum, divide, index and log ops."""
+    x = logits.data                                       # (N, 27)
+    n = len(targets)
+    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
+    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logprobs = shifted - log_norm                         # (N, 27) log softmax
+    out = Tensor(-logprobs[np.arange(n), targets].mean(), _children=(logits,),
+                 _op="cross_entropy")
+
+    def _backward(g):
+        dlogits = np.exp(logprobs)                        # softmax
+        dlogits[np.arange(n), targets] -= 1               # minus one-hot
+        logits._accumulate(g * dlogits / n)
+    out._backward = _backward
+    return out
+
+
+# %% Model
+def init_params(cfg, g):
+    """The lecture's parameters, drawn in its order from generator g, unscaled (so the
+    first loss is far above -ln(1/27) = 3.30: the puzzle stage 04 solves)."""
+    C = rng.randn(27, cfg.n_embd, generator=g)                    # (27, n_embd) embedding
+    W1 = rng.randn(cfg.block_size * cfg.n_embd, cfg.n_hidden, generator=g)  # (30, 200)
+    b1 = rng.randn(cfg.n_hidden, generator=g)                     # (200,)
+    W2 = rng.randn(cfg.n_hidden, 27, generator=g)                 # (200, 27)
+    b2 = rng.randn(27, generator=g)                               # (27,)
+    return [Tensor(p, requires_grad=True) for p in (C, W1, b1, W2, b2)]
+
+
+def forward(params, X):
+    """Logits (N, 27) for contexts X (N, block_size)."""
+    C, W1, b1, W2, b2 = params
+    emb = C[X]                                            # (N, block_size, n_embd)
+    embcat = emb.view(emb.shape[0], -1)                   # (N, block_size * n_embd)
+    h = (embcat @ W1 + b1).tanh()                         # (N, n_hidden)
+    return h @ W2 + b2                                    # (N, 27)
+
+
+def manual_loss(logits, Y):
+    """The softmax and NLL written out (as in stage 02): correct, but exp() of a large
+    logit overflows to inf and the loss becomes nan; cross_entropy() avoids that."""
+    counts = logits.exp()
+    probs = counts / counts.sum(1, keepdim=True)
+    return -probs[np.arange(len(Y)), Y].log().mean()
+
+
+def evaluate(params, X, Y):
+    with no_grad():
+        return cross_entropy(forward(params, X), Y).item()
+
+
+# %% Training
+def learning_rate(cfg, step):
+    """The lecture's schedule: lr for the first lr_decay_step steps, then lr / 10."""
+    return cfg.lr if step < cfg.lr_decay_step else cfg.lr / 10
+
+
+def sgd_step(params, X, Y, lr):
+    """One minibatch step: forward, zero the gradients, backward, update."""
+    loss = cross_entropy(forward(params, X), Y)
+    for p in params:
+        p.grad = None
+    loss.backward()
+    for p in params:
+        p.data += -lr * p.grad
+    return loss.item()
+
+
+def train(cfg, params, Xtr, Ytr, g, quiet=False):
+    """Minibatch gradient descent; the minibatch indices come from generator g."""
+    lossi = []
+    progress = cli.Progress(cfg.steps, every=10_000, quiet=quiet)
+    for i in range(cfg.steps):
+        ix = rng.randint(0, Xtr.shape[0], (cfg.batch_size,), generator=g)  # (32,)
+        lr = learning_rate(cfg, i)
+        loss = cli.finite(sgd_step(params, Xtr[ix], Ytr[ix], lr))
+        lossi.append(loss)
+        progress.update(i, loss, lr)
+    return lossi
+
+
+def overfit_one_batch(cfg, X, Y, steps=1000):
+    """A fresh model trained on the same 32 examples only: the loss goes far below what
+    any real model reaches, because 11,897 parameters can memorize 32 examples. (Not
+    zero: the same context, e.g. '...', is followed by different letters.)"""
+    params = init_params(cfg, rng.Generator(cfg.seed))
+    for _ in range(steps):
+        loss = sgd_step(params, X, Y, cfg.lr)
+    return loss
+
+
+def find_learning_rate(cfg, Xtr, Ytr, steps=1000):
+    """The learning-rate finder: one step at each of 1,000 rates growing exponentially
+    from 10**-3 to 10**0; the loss falls fastest around the best rate, then blows up."""
+    g = rng.Generator(cfg.seed)
+    params = init_params(cfg, g)
+    lre = np.linspace(-3, 0, steps)                       # exponents
+    losses = []
+    for lr in 10**lre:
+        ix = rng.randint(0, Xtr.shape[0], (cfg.batch_size,), generator=g)
+        losses.append(sgd_step(params, Xtr[ix], Ytr[ix], float(lr)))
+    return lre, np.array(losses)
+
+
+# %% Sampling
+def sample_names(params, cfg, n, itos):
+    """Sample n names: start from a context of '.', draw the next character from the
+    softmax with torch.multinomial's default sampling (without replacement), slide the
+    context, stop at '.'. The generator is seeded seed + 10, as in the lecture."""
+    g = rng.Generator(cfg.seed + 10)
+    names = []
+    for _ in range(n):
+        out, context = [], [0] * cfg.block_size
+        while True:
+            with no_grad():
+                logits = forward(params, np.array([context]))      # (1, 27)
+                probs = logits.data - logits.data.max()
+                probs = np.exp(probs) / np.exp(probs).sum()         # softmax
+            ix = int(rng.multinomial(probs[0], num_samples=1, generator=g)[0])
+            context = context[1:] + [ix]
+            out.append(itos[ix])
+            if ix == 0:
+                break
+        names.append("".join(out))
+    return names
+
+
+# %% Figures
+def plot_lr_finder(lre, losses, path):
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lre, losses)
+    ax.set_xlabel("log10(learning rate)")
+    ax.set_ylabel("minibatch loss after one step at that rate")
+    ax.set_title("learning-rate finder: pick the valley before the loss climbs")
+    ax.set_ylim(top=min(losses.max(), 3 * np.median(losses)))
+    cli.save_figure(fig, path)
+
+
+def plot_losses(lossi, path, chunk=1000):
+    """log10 of every minibatch loss (noisy), and the mean over chunks of 1,000 steps."""
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    log_loss = np.log10(lossi)
+    ax.plot(log_loss, lw=0.3, alpha=0.5, label="minibatch")
+    m = len(log_loss) // chunk * chunk
+    if m:
+        means = log_loss[:m].reshape(-1, chunk).mean(1)
+        ax.plot(np.arange(len(means)) * chunk + chunk / 2, means, lw=2,
+                label=f"mean over {chunk} steps")
+    ax.set_xlabel("step")
+    ax.set_ylabel("log10(loss)")
+    ax.legend()
+    cli.save_figure(fig, path)
+
+
+def plot_embedding(C, itos, path):
+    """The 27 characters at their (first two) embedding coordinates."""
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 7))
+    ax.scatter(C[:, 0], C[:, 1], s=200)
+    for i in range(C.shape[0]):
+        ax.text(C[i, 0], C[i, 1], itos[i], ha="center", va="center", color="white")
+    ax.grid(True, alpha=0.3)
+    title = "learned 2-D character embeddings" if C.shape[1] == 2 else \
+        f"first 2 of {C.shape[1]} embedding dimensions (use --n-embd 2 for the full picture)"
+    ax.set_title(title)
+    cli.save_figure(fig, path)
+
+
+# %% Main
+def show_lookup_equivalence(C):
+    """C[5] picks row 5; one_hot(5) @ C computes the same row with a matmul."""
+    a = C.data[5]
+    b = (Tensor(one_hot(np.array([5]), 27)) @ C).data[0]
+    print(f"  C[5] == one_hot(5) @ C: {np.allclose(a, b)}")
+    return bool(np.allclose(a, b))
+
+
+def show_overflow():
+    """Why cross_entropy is fused: logits of 100 overflow exp() in float32."""
+    logits = Tensor(np.array([[-5.0, -3.0, 0.0, 100.0]], dtype=np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        manual = manual_loss(logits, np.array([3])).item()
+    fused = cross_entropy(logits, np.array([3])).item() + 0.0  # no "-0.0"
+    print(f"  logits [-5, -3, 0, 100], target 3: manual softmax+NLL {manual}, "
+          f"fused cross_entropy {fused:.4f}")
+    return manual, fused
+
+
+def main(argv=None) -> dict:
+    cfg = cli.parse_config(Config, argv, __doc__, prog="03_mlp/train.py")
+    words = data.load_names()
+    stoi, itos = data.names_vocab(words)
+    (Xtr, Ytr), (Xdev, Ydev), (Xte, Yte) = data.makemore_splits(cfg.block_size)
+    print(f"{len(words)} names -> train {len(Xtr)}, dev {len(Xdev)}, test {len(Xte)} "
+          f"examples of {cfg.block_size} characters")
+    show_examples(Xtr, Ytr, itos)
+
+    g = rng.Generator(cfg.seed)
+    params = init_params(cfg, g)
+    n_params = sum(p.data.size for p in params)
+    print(f"\n== Model: embedding {cfg.n_embd}, hidden {cfg.n_hidden}: {n_params} parameters")
+    lookup_ok = show_lookup_equivalence(params[0])
+    manual, fused = show_overflow()
+    overfit = overfit_one_batch(cfg, Xtr[:32], Ytr[:32])
+    print(f"  overfitting one batch of 32 examples: loss {overfit:.4f} after 1000 steps")
+    lre, lr_losses = find_learning_rate(cfg, Xtr, Ytr)
+    print(f"  learning-rate finder: lowest loss at lr 10**{lre[np.argmin(lr_losses)]:.2f}")
+
+    print(f"\n== Training {cfg.steps} steps, lr {cfg.lr} then {cfg.lr / 10} "
+          f"from step {cfg.lr_decay_step}")
+    start = time.perf_counter()
+    lossi = train(cfg, params, Xtr, Ytr, g)
+    seconds = time.perf_counter() - start
+    splits = {"train": (Xtr, Ytr), "val": (Xdev, Ydev), "test": (Xte, Yte)}
+    final = {name: evaluate(params, X, Y) for name, (X, Y) in splits.items()}
+    print(f"  {seconds:.1f}s; " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+
+    names = sample_names(params, cfg, cfg.samples, itos)
+    print("\n== Samples\n  " + " ".join(names))
+
+    out = cli.out_dir(cfg.out)
+    cli.save_checkpoint(out / "model.npz", {n: p.data for n, p in
+                        zip(("C", "W1", "b1", "W2", "b2"), params)}, asdict(cfg))
+    files = [str(out / "model.npz")]
+    if cfg.plots:
+        plot_lr_finder(lre, lr_losses, out / "lr_finder.png")
+        plot_losses(lossi, out / "loss.png")
+        plot_embedding(params[0].data, itos, out / "embedding.png")
+        files += [str(out / f) for f in ("lr_finder.png", "loss.png", "embedding.png")]
+    print(f"\nwrote {', '.join(files)}")
+    return dict(config=asdict(cfg), sizes=(len(Xtr), len(Xdev), len(Xte)),
+                n_params=n_params, lookup_equivalent=lookup_ok, manual_overflow=manual,
+                fused_large_logits=fused, overfit_loss=overfit, lr_finder=(lre, lr_losses),
+                lossi=lossi, **final, samples=names, seconds=seconds, files=files)
+
+
+if __name__ == "__main__":
+    cli.run(main)
