@@ -366,8 +366,9 @@ def plot_counts(N, itos, path):
     ax.imshow(N, cmap="Blues")
     for i in range(27):
         for j in range(27):
-            ax.text(j, i, itos[i] + itos[j], ha="center", va="bottom", color="gray")
-            ax.text(j, i, str(N[i, j]), ha="center", va="top", color="gray")
+            color = "white" if N[i, j] > 0.5 * N.max() else "gray"  # readable on dark cells
+            ax.text(j, i, itos[i] + itos[j], ha="center", va="bottom", color=color)
+            ax.text(j, i, str(N[i, j]), ha="center", va="top", color=color)
     ax.set_title("bigram counts N[row, col]: how often col follows row")
     ax.axis("off")
     cli.save_figure(fig, path)
