@@ -1,0 +1,710 @@
+"""Stage 01: micrograd, a scalar autograd engine and a small neural net trained with it.
+
+Follows "The spelled-out intro to neural networks and backpropagation: building micrograd"
+and the moons demo of the micrograd repository. What this stage builds:
+  - a derivative measured numerically, (f(x + h) - f(x)) / h;
+  - `Value`, a number that remembers which numbers and which operation made it, so that
+    `backward()` can apply the chain rule from the output back to every input;
+  - `Neuron`, `Layer` and `MLP` made of Values, trained by gradient descent to separate
+    the two half moons of a toy 2-D dataset.
+
+    python 01_micrograd/train.py                # 100 steps, figures in out/01_micrograd/
+    python 01_micrograd/train.py --steps 20 --no-plots
+
+What it prints (measured; the lecture and the micrograd demo notebook print the same):
+    f(3.0) = 20.0, slope 14.000300000063248; L = -8.0; tanh neuron o = 0.7071067811865476
+    number of parameters 337
+    step 0 loss 0.8958441028683222, accuracy 50.0%
+    step 1 loss 1.7235905336972022, accuracy 81.0%
+    ...
+    step 99 loss 0.010978370135492717, accuracy 100.0%
+Every step has the notebook's accuracy, and its loss to within 3e-15 (identical at 25
+steps, the first two and the last included). The 100 steps take about 7 s of CPU time
+(about 70 ms per step): each of the ~65,000 numbers of a step is a Python object. Stage
+02 moves the same idea onto whole numpy arrays.
+"""
+
+# %% Imports
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+from common import cli  # noqa: E402
+
+
+# %% Config
+@dataclass
+class Config:
+    steps: int = cli.arg(100, "gradient-descent steps (each one on all the points)")
+    seed: int = cli.arg(1337, "seed of numpy's and Python's generators (the demo's 1337)")
+    samples: int = cli.arg(100, "points in the moons dataset")
+    noise: float = cli.arg(0.1, "standard deviation of the noise added to the points")
+    out: str = cli.arg("out/01_micrograd", "output folder for figures and graph.dot")
+    plots: bool = cli.arg(True, "write the PNG figures")
+
+    def check(self):
+        cli.check(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+        cli.check(0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}")
+        cli.check(self.samples >= 2, f"--samples must be >= 2 (one per moon), got "
+                                     f"{self.samples}")
+        cli.check(math.isfinite(self.noise) and self.noise >= 0,
+                  f"--noise must be a number >= 0, got {self.noise}")
+
+
+# %% Data
+def make_moons(n_samples=100, noise=0.1):
+    """Two interleaving half circles, as scikit-learn's make_moons draws them, using
+    numpy's global generator (so `np.random.seed(1337)` gives the demo's exact points).
+
+    Returns X (n, 2) float64 points and y (n,) int labels: 0 for the outer moon, 1 for
+    the inner one."""
+    n_out = n_samples // 2
+    n_in = n_samples - n_out
+    t_out = np.linspace(0, np.pi, n_out)
+    t_in = np.linspace(0, np.pi, n_in)
+    X = np.vstack([np.append(np.cos(t_out), 1 - np.cos(t_in)),
+                   np.append(np.sin(t_out), 1 - np.sin(t_in) - 0.5)]).T  # (n, 2)
+    y = np.hstack([np.zeros(n_out, dtype=np.int64), np.ones(n_in, dtype=np.int64)])
+    # Shuffle through an index array, then add the noise: the same draws, in the same
+    # order, as scikit-learn's version.
+    idx = np.arange(n_samples)
+    np.random.shuffle(idx)
+    X, y = X[idx], y[idx]
+    X += np.random.normal(scale=noise, size=X.shape)
+    return X, y
+
+
+# %% Engine
+# Before any engine: what a derivative is, measured numerically.
+def f(x):
+    """The lecture's first function: a parabola, f(3) = 20."""
+    return 3 * x**2 - 4 * x + 5
+
+
+def numerical_derivative(fn, x, h=0.0001):
+    """The slope of fn at x, measured: nudge x by a little h and see how fn responds.
+    For f at x = 3 this gives 14.000300000063248; the exact slope 6x - 4 is 14."""
+    return (fn(x + h) - fn(x)) / h
+
+
+# %% Engine: Value
+class Value:
+    """A scalar that remembers how it was made.
+
+    `data` is the number, `grad` will hold d(output)/d(this) after `output.backward()`,
+    `_prev` the Values it was computed from (its children in the graph), `_op` the
+    operation's name (for drawing) and `_backward` the rule that passes this node's grad
+    on to its children (None for leaves: inputs and parameters)."""
+
+    # __slots__: no per-object __dict__, so a node is small and quick to create; a
+    # training step of the moons demo makes about 65,000 of them.
+    __slots__ = ("data", "grad", "_prev", "_op", "_backward", "label")
+
+    def __init__(self, data, _children=(), _op="", _backward=None, label=""):
+        self.data = data
+        self.grad = 0.0
+        self._prev = _children
+        self._op = _op
+        self._backward = _backward
+        self.label = label
+
+    def __repr__(self):
+        return f"Value(data={self.data}, grad={self.grad})"
+
+    # Each operation computes its result and records a backward rule: a plain function
+    # of the result node `out`, shared by all nodes of that operation (the lecture makes
+    # a new closure per node instead; same rule, one allocation less per node). out.grad
+    # is d(final output)/d(out); the rule multiplies it by the local derivative (the
+    # chain rule) and ADDS the product to the children's grads, because a Value used
+    # twice (b = a + a) must receive the sum of both paths' contributions.
+
+    def __add__(self, other):
+        other = other if isinstance(other, Value) else Value(other)
+        return Value(self.data + other.data, (self, other), "+", Value._add_backward)
+
+    @staticmethod
+    def _add_backward(out):  # d(a + b)/da = d(a + b)/db = 1
+        a, b = out._prev
+        a.grad += out.grad
+        b.grad += out.grad
+
+    def __mul__(self, other):
+        other = other if isinstance(other, Value) else Value(other)
+        return Value(self.data * other.data, (self, other), "*", Value._mul_backward)
+
+    @staticmethod
+    def _mul_backward(out):  # d(a * b)/da = b, d(a * b)/db = a
+        a, b = out._prev
+        a.grad += b.data * out.grad
+        b.grad += a.data * out.grad
+
+    def __pow__(self, n):
+        if not isinstance(n, (int, float)):
+            raise TypeError("Value ** n supports a number exponent only")
+        # The exponent rides along as a constant child: its rule reads it and never
+        # gives it a gradient.
+        return Value(self.data**n, (self, Value(n)), "**", Value._pow_backward)
+
+    @staticmethod
+    def _pow_backward(out):  # d(a**n)/da = n * a**(n - 1)
+        a, n = out._prev
+        a.grad += (n.data * a.data ** (n.data - 1)) * out.grad
+
+    # Everything else is made of +, * and **; Python calls the reflected forms
+    # (__radd__, ...) for `2 + v`, when the number on the left does not know Values.
+    def __neg__(self):  # -self
+        return self * -1
+
+    def __radd__(self, other):  # other + self
+        return self + other
+
+    def __sub__(self, other):  # self - other
+        return self + (-other)
+
+    def __rsub__(self, other):  # other - self
+        return other + (-self)
+
+    def __rmul__(self, other):  # other * self
+        return self * other
+
+    def __truediv__(self, other):  # self / other
+        return self * other**-1
+
+    def __rtruediv__(self, other):  # other / self
+        return other * self**-1
+
+    def exp(self):
+        return Value(math.exp(self.data), (self,), "exp", Value._exp_backward)
+
+    @staticmethod
+    def _exp_backward(out):  # d(e^a)/da = e^a, which is out.data
+        (a,) = out._prev
+        a.grad += out.data * out.grad
+
+    def log(self):
+        return Value(math.log(self.data), (self,), "log", Value._log_backward)
+
+    @staticmethod
+    def _log_backward(out):  # d(log a)/da = 1 / a
+        (a,) = out._prev
+        a.grad += out.grad / a.data
+
+    def tanh(self):
+        # The lecture's formula (e^2x - 1) / (e^2x + 1), written with e^-2|x| so that it
+        # never overflows; it gives the lecture's 0.7071067811865476 for the neuron
+        # (math.tanh rounds that one to ...477).
+        e = math.exp(-2 * abs(self.data))
+        t = (1 - e) / (1 + e)
+        return Value(t if self.data >= 0 else -t, (self,), "tanh", Value._tanh_backward)
+
+    @staticmethod
+    def _tanh_backward(out):  # d(tanh a)/da = 1 - tanh(a)**2
+        (a,) = out._prev
+        a.grad += (1 - out.data**2) * out.grad
+
+    def relu(self):
+        return Value(0.0 if self.data < 0 else self.data, (self,), "ReLU",
+                     Value._relu_backward)
+
+    @staticmethod
+    def _relu_backward(out):  # 1 where the input was positive, 0 elsewhere
+        (a,) = out._prev
+        if out.data > 0:
+            a.grad += out.grad
+
+    def sigmoid(self):
+        # 1 / (1 + e^-x), computed from e^-|x| so that it never overflows
+        e = math.exp(-abs(self.data))
+        s = 1 / (1 + e) if self.data >= 0 else e / (1 + e)
+        return Value(s, (self,), "sigmoid", Value._sigmoid_backward)
+
+    @staticmethod
+    def _sigmoid_backward(out):  # d(s(a))/da = s(a) * (1 - s(a))
+        (a,) = out._prev
+        a.grad += out.data * (1 - out.data) * out.grad
+
+    def backward(self):
+        """Fill in d(self)/d(node) as node.grad, for every node self was computed from.
+
+        The chain rule flows from the output back to the inputs, so a node may pass its
+        grad on only once its own grad is complete, that is after every node that uses
+        it. A topological order (children before parents), walked backwards, guarantees
+        that. It is built with an explicit stack instead of recursion, so a graph 10,000
+        nodes deep does not hit Python's recursion limit. Grads accumulate (+=): call
+        zero_grad() on the parameters before each new backward pass.
+
+        The order in which a node's contributions are added shows in the last digits
+        (float addition is not associative). This order, each node's children pushed
+        in turn and so visited last one first, gives the demo notebook's printed losses
+        to the last digit at steps 0, 1 and 99 of the moons demo."""
+        topo, visited = [], set()
+        stack = [(self, False)]  # (node, are its children already in topo?)
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)
+            elif node not in visited:
+                visited.add(node)
+                stack.append((node, True))  # comes back after all its children
+                for child in node._prev:
+                    if child not in visited:
+                        stack.append((child, False))
+        self.grad = 1.0  # d(self)/d(self)
+        for node in reversed(topo):
+            if node._backward is not None:
+                node._backward(node)
+
+
+# %% Engine: the lecture's worked examples
+def lecture_expression():
+    """L = (a*b + c) * f with a=2, b=-3, c=10, f=-2: L = -8, and after backward
+    dL/da = 6, dL/db = -4, dL/dc = -2, dL/df = 4. Returns L (its graph hangs off it)."""
+    a = Value(2.0, label="a")
+    b = Value(-3.0, label="b")
+    c = Value(10.0, label="c")
+    e = a * b
+    e.label = "e"
+    d = e + c
+    d.label = "d"
+    f = Value(-2.0, label="f")
+    L = d * f
+    L.label = "L"
+    L.backward()
+    return L
+
+
+def tanh_neuron():
+    """The lecture's neuron o = tanh(x1*w1 + x2*w2 + b), with the bias picked so that
+    o = 1/sqrt(2): do/dx1 = -1.5, do/dw1 = 1.0, do/dx2 = 0.5, do/dw2 = 0.0."""
+    x1 = Value(2.0, label="x1")
+    x2 = Value(0.0, label="x2")
+    w1 = Value(-3.0, label="w1")
+    w2 = Value(1.0, label="w2")
+    b = Value(6.8813735870195432, label="b")
+    x1w1 = x1 * w1
+    x1w1.label = "x1*w1"
+    x2w2 = x2 * w2
+    x2w2.label = "x2*w2"
+    x1w1x2w2 = x1w1 + x2w2
+    x1w1x2w2.label = "x1*w1 + x2*w2"
+    n = x1w1x2w2 + b
+    n.label = "n"
+    o = n.tanh()
+    o.label = "o"
+    o.backward()
+    return o
+
+
+def leaves(root):
+    """The leaf Values of a graph by label, e.g. {'a': Value(...), 'b': ...}."""
+    found, stack, seen = {}, [root], set()
+    while stack:
+        v = stack.pop()
+        if v not in seen:
+            seen.add(v)
+            if not v._prev and v.label:
+                found[v.label] = v
+            stack.extend(v._prev)
+    return found
+
+
+# %% Model
+class Module:
+    """What every part of a network has: its parameters, and a way to reset their grads."""
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = 0.0
+
+    def parameters(self):
+        return []
+
+
+class Neuron(Module):
+    """relu(w . x + b), or just w . x + b for an output neuron (nonlin=False)."""
+
+    def __init__(self, nin, nonlin=True):
+        self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
+        self.b = Value(0.0)
+        self.nonlin = nonlin
+
+    def __call__(self, x):
+        # The sum starts from the bias and adds w_i * x_i in order, as the demo does, so
+        # that the forward pass rounds exactly as the demo's and prints the same losses.
+        act = sum((wi * xi for wi, xi in zip(self.w, x)), self.b)
+        return act.relu() if self.nonlin else act
+
+    def parameters(self):
+        return self.w + [self.b]
+
+    def __repr__(self):
+        return f"{'ReLU' if self.nonlin else 'Linear'}Neuron({len(self.w)})"
+
+
+class Layer(Module):
+    """nout neurons, each looking at the same nin inputs."""
+
+    def __init__(self, nin, nout, **kwargs):
+        self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
+
+    def __call__(self, x):
+        out = [n(x) for n in self.neurons]
+        return out[0] if len(out) == 1 else out  # a single output is a Value, not a list
+
+    def parameters(self):
+        return [p for n in self.neurons for p in n.parameters()]
+
+    def __repr__(self):
+        return f"Layer of [{', '.join(str(n) for n in self.neurons)}]"
+
+
+class MLP(Module):
+    """A multi-layer perceptron: ReLU hidden layers, a linear last layer.
+    MLP(2, [16, 16, 1]) has 2*16+16 + 16*16+16 + 16+1 = 337 parameters."""
+
+    def __init__(self, nin, nouts):
+        sz = [nin] + nouts
+        self.layers = [Layer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1)
+                       for i in range(len(nouts))]
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def __repr__(self):
+        return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"
+
+
+# %% Training
+def loss(model, X, y, alpha=1e-4):
+    """The demo's loss on the whole dataset, and the accuracy.
+
+    X is a list of [x0, x1] points, y a list of labels in {-1, +1}. The data loss is the
+    SVM "max-margin" loss: a point costs relu(1 - y * score), nothing once its score
+    has the right sign with a margin of 1. The L2 term alpha * sum(p**2) keeps the
+    weights small."""
+    inputs = [list(map(Value, xrow)) for xrow in X]
+    scores = list(map(model, inputs))
+    losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
+    data_loss = sum(losses) * (1.0 / len(losses))
+    reg_loss = alpha * sum(p * p for p in model.parameters())
+    total_loss = data_loss + reg_loss
+    accuracy = [(yi > 0) == (scorei.data > 0) for yi, scorei in zip(y, scores)]
+    return total_loss, sum(accuracy) / len(accuracy)
+
+
+@contextlib.contextmanager
+def cycle_collector_paused():
+    """Pause Python's cycle collector. Our graphs hold no reference cycles (a node points
+    to its children and to a shared backward function, never back to itself), so
+    reference counting frees each step's graph the moment it is dropped; the collector
+    would only rescan the tens of thousands of live nodes again and again, which makes
+    a training step over 3 times slower."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def train(model, X, y, steps, quiet=False):
+    """Full-batch gradient descent, the learning rate going from 1.0 down towards 0.1
+    (the demo's 1.0 - 0.9 * k / 100 for its 100 steps). Returns the losses and the
+    accuracies before each update, and the seconds it took."""
+    losses, accuracies = [], []
+    start = time.perf_counter()
+    with cycle_collector_paused():
+        for k in range(steps):
+            # forward
+            total_loss, acc = loss(model, X, y)
+            # backward
+            model.zero_grad()
+            total_loss.backward()
+            # update (sgd)
+            learning_rate = 1.0 - 0.9 * k / steps
+            for p in model.parameters():
+                p.data -= learning_rate * p.grad
+            losses.append(cli.finite(total_loss.data))
+            accuracies.append(acc)
+            if not quiet:
+                ms = 1000 * (time.perf_counter() - start) / (k + 1)
+                left = cli.fmt_duration((steps - k - 1) * ms / 1000)
+                print(f"step {k} loss {total_loss.data}, accuracy {acc*100}% "
+                      f"| {ms:.0f} ms/step | {left} left", flush=True)
+    return losses, accuracies, time.perf_counter() - start
+
+
+# %% Sampling
+def mlp_arrays(model):
+    """The model's parameters as numpy arrays: one (W (nout, nin), b (nout,)) per layer."""
+    return [(np.array([[w.data for w in n.w] for n in layer.neurons]),
+             np.array([n.b.data for n in layer.neurons])) for layer in model.layers]
+
+
+def predict(model, points):
+    """The model's scores for many points at once, (n, 2) -> (n,): the same arithmetic
+    as the Value graph, done by numpy on whole arrays (no graph, no gradients), fast
+    enough to colour a grid of thousands of points."""
+    h = np.asarray(points, dtype=np.float64)  # (n, nin)
+    arrays = mlp_arrays(model)
+    for i, (W, b) in enumerate(arrays):
+        h = h @ W.T + b  # (n, nout)
+        if i < len(arrays) - 1:
+            h = np.maximum(h, 0.0)
+    return h[:, 0]
+
+
+# %% Figures
+def plot_moons(model, X, y, path):
+    """The points and the trained model's decision boundary (score = 0) over a grid."""
+    plt = cli.pyplot()
+    accuracy = np.mean((predict(model, X) > 0) == (y > 0))
+    x_min, x_max = X[:, 0].min() - 0.5, X[:, 0].max() + 0.5
+    y_min, y_max = X[:, 1].min() - 0.5, X[:, 1].max() + 0.5
+    xx, yy = np.meshgrid(np.linspace(x_min, x_max, 300), np.linspace(y_min, y_max, 300))
+    scores = predict(model, np.c_[xx.ravel(), yy.ravel()]).reshape(xx.shape)  # (300, 300)
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    ax.contourf(xx, yy, scores > 0, levels=[-0.5, 0.5, 1.5], colors=["#f4c7a1", "#b9d3ee"],
+                alpha=0.8)
+    ax.contour(xx, yy, scores, levels=[0.0], colors="k", linewidths=1.2)
+    for label, color, name in [(-1, "#d95f02", "y = -1 (outer moon)"),
+                               (1, "#1f5fa8", "y = +1 (inner moon)")]:
+        pts = X[y == label]
+        ax.scatter(pts[:, 0], pts[:, 1], s=28, c=color, edgecolors="white",
+                   linewidths=0.6, label=name)
+    ax.set(xlim=(x_min, x_max), ylim=(y_min, y_max), xlabel="$x_0$", ylabel="$x_1$",
+           title=f"MLP(2, [16, 16, 1]) on the moons: decision boundary "
+                 f"(score = 0)\ntraining accuracy {accuracy * 100:.0f}%, "
+                 f"{len(X)} points")
+    ax.legend(loc="lower left", fontsize=9, framealpha=0.9)
+    cli.save_figure(fig, path)
+
+
+def plot_curves(losses, accuracies, path):
+    """Training loss (log scale) and accuracy per step."""
+    plt = cli.pyplot()
+    steps = np.arange(len(losses))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(steps, losses, color="#1f5fa8", marker="." if len(losses) < 30 else None)
+    ax1.set_yscale("log")
+    ax1.set(xlabel="step", ylabel="loss (max-margin + L2)",
+            title=f"training loss (last {losses[-1]:.4f})")
+    ax1.grid(alpha=0.3, which="both")
+    ax2.plot(steps, [100 * a for a in accuracies], color="#d95f02",
+             marker="." if len(losses) < 30 else None)
+    ax2.set(xlabel="step", ylabel="accuracy (%)",
+            title=f"training accuracy (last {100 * accuracies[-1]:.0f}%)",
+            ylim=(min(40, 100 * min(accuracies) - 5), 102))
+    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
+    fig.tight_layout()
+    cli.save_figure(fig, path)
+
+
+def graph_nodes(root):
+    """Every Value of root's graph, children before parents, in a stable order."""
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        v, done = stack.pop()
+        if done:
+            order.append(v)
+        elif v not in seen:
+            seen.add(v)
+            stack.append((v, True))
+            stack.extend((c, False) for c in reversed(v._prev))
+    return order
+
+
+def graph_layout(root):
+    """A layered layout, left to right: each value node sits one column right of its
+    deepest input (leaves one column left of their first user), with its operation
+    drawn just before it; within a column nodes are ordered by where their users are,
+    which keeps edges from crossing in a small graph. Returns {node: (column, row)}."""
+    nodes = graph_nodes(root)
+    col = {}
+    for v in nodes:  # children first
+        col[v] = 1 + max(col[c] for c in v._prev) if v._prev else 0
+    users = {v: [] for v in nodes}
+    for v in nodes:
+        for c in v._prev:
+            users[c].append(v)
+    for v in nodes:  # a leaf goes right next to its first user
+        if not v._prev and users[v]:
+            col[v] = min(col[u] for u in users[v]) - 1
+    row = {root: 0.0}
+    for c in sorted(set(col.values()), reverse=True):  # from the output leftwards
+        column = [v for v in nodes if col[v] == c and v is not root]
+        if not column:
+            continue
+        # every user of a node is in a column further right, so already has its row
+        want = {v: sum(row[u] for u in users[v]) / len(users[v]) for v in column}
+        column.sort(key=want.get)  # a stable sort: ties keep the children's order
+        center = sum(want.values()) / len(column)
+        for i, v in enumerate(column):
+            row[v] = center + i - (len(column) - 1) / 2
+    return {v: (col[v], row[v]) for v in nodes}
+
+
+def node_text(v):
+    name = f"{v.label} | " if v.label else ""
+    return f"{name}data {v.data:.4f} | grad {v.grad:.4f}"
+
+
+def draw_graph(root, path, title):
+    """The expression graph as the lecture draws it with Graphviz, but with matplotlib
+    alone: a box per Value (label, data, grad), a circle per operation, inputs on the
+    left. The axes are measured in inches so that box widths can be computed from the
+    number of characters (monospace text) and circles stay round."""
+    plt = cli.pyplot()
+    from matplotlib.patches import Circle
+    pos = graph_layout(root)
+    size = 9  # font size in points
+    char, pad = 0.6 * size / 72, 0.3 * size / 72  # monospace character width, box padding
+    gap, row_h, margin = 0.3, 0.55, 0.3  # inches
+    width = {v: len(node_text(v)) * char + 2 * pad for v in pos}
+    radius = {v: max(0.17, 0.5 * len(v._op) * char + 0.06) for v in pos if v._prev}
+    ncols = max(c for c, _ in pos.values()) + 1
+    col_w = [max(width[v] for v, (c, _) in pos.items() if c == i) for i in range(ncols)]
+    op_w = 2 * max(radius.values(), default=0.17)
+    left = [margin]  # left edge of each column's boxes; its op circles sit just before
+    for i in range(1, ncols):
+        left.append(left[-1] + col_w[i - 1] + 2 * gap + op_w)
+    top = max(r for _, r in pos.values())
+    rows = top - min(r for _, r in pos.values())
+    fig_w = left[-1] + col_w[-1] + margin
+    fig_h = rows * row_h + 2 * margin + 0.4  # room for the title
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, fig_w)
+    ax.set_ylim(0, fig_h)
+    ax.set_axis_off()
+
+    def y_of(v):
+        return margin + (top - pos[v][1]) * row_h  # row 0 (the output) in the middle
+
+    arrow = dict(arrowstyle="-|>", color="#555555", lw=1.0, shrinkA=0, shrinkB=0)
+    for v, (c, _) in pos.items():
+        ax.text(left[c] + pad, y_of(v), node_text(v), ha="left", va="center", size=size,
+                family="monospace", bbox=dict(boxstyle=f"round,pad={pad * 72 / size:.2f}",
+                                              fc="#eef3fb", ec="#1f5fa8"))
+        if not v._prev:
+            continue
+        ox = left[c] - gap - op_w / 2  # the op circle, centered in the gap before the box
+        ax.add_patch(Circle((ox, y_of(v)), radius[v], fc="#fdebd3", ec="#d95f02"))
+        ax.text(ox, y_of(v), v._op, ha="center", va="center", size=size, weight="bold")
+        ax.annotate("", xy=(left[c], y_of(v)), xytext=(ox + radius[v], y_of(v)),
+                    arrowprops=arrow)
+        for child in v._prev:
+            cx = left[pos[child][0]] + width[child]
+            ax.annotate("", xy=(ox - radius[v], y_of(v)), xytext=(cx, y_of(child)),
+                        arrowprops=arrow)
+    ax.text(fig_w / 2, fig_h - 0.25, title, ha="center", va="center", size=11)
+    cli.save_figure(fig, path)
+
+
+def dot_escape(text):
+    """Text made safe inside a quoted DOT record label (braces, bars and angle brackets
+    are record syntax there)."""
+    for ch in '\\"{}|<>':
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def graph_to_dot(root, title=""):
+    """The same graph as Graphviz DOT text, for those who have Graphviz:
+    `dot -Tpng graph.dot -o graph_dot.png` draws it as the lecture does."""
+    nodes = graph_nodes(root)
+    name = {v: f"n{i}" for i, v in enumerate(nodes)}
+    lines = ["digraph micrograd {", f'  label="{dot_escape(title)}";', "  labelloc=t;",
+             "  rankdir=LR;  // left to right, inputs first",
+             '  node [shape=record, fontname="monospace"];']
+    for v in nodes:
+        label = f"{dot_escape(v.label)} | " if v.label else ""
+        lines.append(f'  {name[v]} [label="{{ {label}data {v.data:.4f} '
+                     f'| grad {v.grad:.4f} }}"];')
+        if v._prev:  # an operation node feeding the value, as in the lecture's drawing
+            lines.append(f'  {name[v]}_op [label="{dot_escape(v._op)}", shape=circle];')
+            lines.append(f"  {name[v]}_op -> {name[v]};")
+            for c in v._prev:
+                lines.append(f"  {name[c]} -> {name[v]}_op;")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# %% Main
+def lecture_examples():
+    """Run the lecture's worked examples and print what the video shows."""
+    slope = numerical_derivative(f, 3.0)
+    print(f"f(x) = 3x^2 - 4x + 5: f(3.0) = {f(3.0)}, slope (f(x+h) - f(x))/h with "
+          f"h = 0.0001: {slope} (exactly 6x - 4 = 14)")
+    L = lecture_expression()
+    g = {k: v.grad for k, v in leaves(L).items()}
+    print(f"L = (a*b + c) * f = {L.data}: dL/da {g['a']}, dL/db {g['b']}, "
+          f"dL/dc {g['c']}, dL/df {g['f']}")
+    o = tanh_neuron()
+    n = {k: v.grad for k, v in leaves(o).items()}
+    print(f"tanh neuron: o = {o.data}: do/dx1 {n['x1']:.4f}, do/dw1 {n['w1']:.4f}, "
+          f"do/dx2 {n['x2']:.4f}, do/dw2 {n['w2']:.4f}")
+    return dict(f3=f(3.0), slope=slope, L=L.data, L_grads=g, o=o.data, o_grads=n), o
+
+
+def main(argv=None) -> dict:
+    """Run the lecture's examples and the moons demo; write the figures and graph.dot.
+    Returns the printed numbers (losses, accuracies, parameter count, timings, files)."""
+    cfg = cli.parse_config(Config, argv, __doc__)
+    out = cli.out_dir(cfg.out)  # fail now on an unusable folder, not after training
+
+    print("== The lecture's worked examples")
+    examples, neuron = lecture_examples()
+
+    print(f"\n== The moons demo: {cfg.samples} points, MLP(2, [16, 16, 1]), "
+          f"{cfg.steps} steps, seed {cfg.seed}")
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    X, y = make_moons(n_samples=cfg.samples, noise=cfg.noise)
+    y = y * 2 - 1  # labels -1 and +1
+    model = MLP(2, [16, 16, 1])  # its weights come from random.uniform, in this order
+    n_params = len(model.parameters())
+    print(model)
+    print(f"number of parameters {n_params}")
+    # Python floats and ints carry exactly the numpy values, and are faster to compute with
+    losses, accuracies, seconds = train(model, X.tolist(), y.tolist(), cfg.steps)
+    print(f"final (step {cfg.steps - 1}): loss {losses[-1]}, accuracy "
+          f"{accuracies[-1] * 100}%; {seconds:.1f}s, "
+          f"{1000 * seconds / cfg.steps:.0f} ms/step")
+
+    files = [out / "graph.dot"]
+    cli.write_text(files[0], graph_to_dot(neuron, "o = tanh(x1*w1 + x2*w2 + b)"))
+    if cfg.plots:
+        figures = [out / "moons.png", out / "curves.png", out / "graph.png"]
+        plot_moons(model, X, y, figures[0])
+        plot_curves(losses, accuracies, figures[1])
+        draw_graph(neuron, figures[2], "the lecture's neuron o = tanh(x1*w1 + x2*w2 + b), "
+                                       "after o.backward()")
+        files += figures
+    print("wrote " + ", ".join(str(p) for p in files))
+    return dict(config=asdict(cfg), examples=examples, parameters=n_params, losses=losses,
+                accuracies=accuracies, final_loss=losses[-1], final_accuracy=accuracies[-1],
+                seconds=seconds, ms_per_step=1000 * seconds / cfg.steps,
+                files=[str(p) for p in files])
+
+
+if __name__ == "__main__":
+    cli.run(main)
