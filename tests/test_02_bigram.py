@@ -99,7 +99,9 @@ def test_counting_model_facts(result):
 def test_neural_bigram_matches_the_lecture(result):
     assert result["emma_nll"] == pytest.approx(3.7693049907684326, abs=1e-6)
     losses = result["losses"]
-    assert round(losses[0], 6) == 3.768619  # the lecture's first printed loss
+    # the lecture's first printed loss; float32 exp/log differ in the last bit between
+    # numpy versions (1.26 gives 3.7686183), hence the tolerance of one float32 step
+    assert losses[0] == pytest.approx(3.768619, abs=8e-7)
     # our own 20-step run (the video prints only every 10th step's loss in this range)
     assert [round(x, 4) for x in losses[::5]] == [3.7686, 2.8672, 2.6965, 2.6225]
     assert round(result["final_loss"], 6) == 2.582256
