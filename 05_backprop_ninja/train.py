@@ -1,0 +1,966 @@
+"""Stage 05: becoming a backprop ninja: the backward pass, written by hand.
+
+Follows "Building makemore Part 4: Becoming a Backprop Ninja" (makemore part 4). New over
+stage 04: stage 04's BatchNorm MLP is cut into its atomic steps and backpropagated by hand,
+one line of numpy per step, with every manual gradient compared with the engine's
+(exercise 1); cross-entropy (exercise 2) and BatchNorm (exercise 3) each get a backward
+pass of one formula, derived on paper; and finally the network trains with the manual
+backward pass alone, no autograd at all (exercise 4). Our Tensor engine plays the part
+PyTorch's autograd plays in the lecture: the reference the hand-written gradients are
+checked against. The engine gains `max` over a dimension (values and indices).
+
+    python 05_backprop_ninja/train.py                    # the four exercises, in order
+    python 05_backprop_ninja/train.py --exercise 1       # only one of them
+    python 05_backprop_ninja/train.py --exercise 4 --backward engine  # loss.backward()
+
+What the default run prints (measured; about 1.5 minutes on a 2-core CPU):
+    the exercise network: 4137 parameters, loss 3.5571 on one batch of 32
+    exercise 1: all 26 manual gradients bitwise equal to the engine's (maxdiff 0.0)
+    exercise 2: dlogits in one step, maxdiff 1.0e-08 from the engine's (lecture: ~5e-9);
+                every row sums to 0
+    exercise 3: dhprebn in one line, maxdiff 9.3e-10 (lecture: ~9e-10)
+    exercise 4: 12297 parameters, 200,000 steps without autograd: train 2.0711, val 2.1119
+                (lecture: 2.0705, 2.1099), at 0.20 ms/step of CPU (the engine: 0.35)
+    samples: carlah. amelle. khi. mri. reigh. skanden. jazhitlalee. arci. aqui. ner. ...
+(PyTorch 2.13, running the lecture's loop from the same initial parameters and batches,
+ends at the same train 2.0711 and val 2.1119.)
+"""
+
+# %% Imports
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import namedtuple
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Tiny matrices (32 x 30 @ 30 x 200) gain nothing from a second BLAS thread (measured:
+# tests/benchmarks/bench_mlp.py), so leave the other core free. Must precede numpy's import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+from common import cli, data, rng  # noqa: E402
+
+
+# %% Config
+EXERCISES = (0, 1, 2, 3, 4)       # 0 runs all four, in the lecture's order
+BACKWARDS = ("manual", "engine")  # exercise 4: who computes the gradients
+
+
+@dataclass
+class Config:
+    exercise: int = cli.arg(0, "which exercise to run: 1 backpropagate through every atomic "
+                               "step by hand, 2 cross-entropy in one step, 3 BatchNorm in "
+                               "one step, 4 train with the manual backward pass only; 0 "
+                               "runs all four", choices=EXERCISES)
+    block_size: int = cli.arg(3, "context length: how many characters predict the next")
+    n_embd: int = cli.arg(10, "dimensions of each character's embedding")
+    ex_hidden: int = cli.arg(64, "exercises 1-3: neurons in the hidden layer of the network "
+                                 "backpropagated by hand")
+    n_hidden: int = cli.arg(200, "exercise 4: neurons in the hidden tanh layer")
+    steps: int = cli.arg(200_000, "exercise 4: training steps (minibatches)")
+    batch_size: int = cli.arg(32, "examples per minibatch")
+    lr: float = cli.arg(0.1, "learning rate")
+    lr_decay_step: int = cli.arg(100_000, "from this step on the learning rate is lr / 10")
+    backward: str = cli.arg("manual", "exercise 4: how the gradients are computed: manual "
+                                      "(the formulas of exercises 1-3, no autograd) or "
+                                      "engine (loss.backward(), for comparison)",
+                            choices=BACKWARDS)
+    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)")
+    samples: int = cli.arg(20, "names to sample after training")
+    out: str = cli.arg("out/05_backprop_ninja", "output folder for figures and the checkpoint")
+    plots: bool = cli.arg(True, "write figures")
+
+    def check(self):
+        cli.check(self.block_size >= 1, f"--block-size must be >= 1, got {self.block_size}")
+        cli.check(self.n_embd >= 1, f"--n-embd must be >= 1, got {self.n_embd}")
+        # bngain and bnbias are drawn as randn(1, n_hidden), and common/rng.py reproduces
+        # PyTorch's randn for 16 numbers or more
+        cli.check(self.ex_hidden >= 16, f"--ex-hidden must be >= 16, got {self.ex_hidden}")
+        cli.check(self.n_hidden >= 16, f"--n-hidden must be >= 16, got {self.n_hidden}")
+        cli.check(self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
+        cli.check(self.batch_size >= 2,
+                  f"--batch-size must be >= 2, got {self.batch_size}: BatchNorm's variance "
+                  f"divides by n - 1, and one example has no spread to normalize by")
+        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        cli.check(self.samples >= 0, f"--samples must be >= 0, got {self.samples}")
+        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
+
+
+# %% Data
+def show_examples(X, Y, itos, n=5):
+    """The lecture's view of the dataset: `... ---> e`, `..e ---> m`, ..."""
+    for x, y in zip(X[:n], Y[:n]):
+        print("  " + "".join(itos[i] for i in x), "--->", itos[y])
+
+
+# %% Engine
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _spread(x, dim, ddof, take_sqrt=False):
+    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
+    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
+    double precision and rounded once to x's precision (float32 for training)."""
+    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
+    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
+
+
+# what torch's max(dim) returns: the largest values (a Tensor) and where they are (ints)
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
+                                  and data.dtype.kind == "f"):
+            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data @ other.data, _children=(self, other), _op="@")
+
+        def _backward(g):  # (N, K) @ (K, M): dA = g @ B.T, dB = A.T @ g
+            self._accumulate(g @ other.data.T)
+            other._accumulate(self.data.T @ g)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    def tanh(self):
+        out = Tensor(np.tanh(self.data), _children=(self,), _op="tanh")
+        out._backward = lambda g: self._accumulate(g * (1 - out.data**2))  # 1 - tanh**2
+        return out
+
+    def sqrt(self):
+        out = Tensor(np.sqrt(self.data), _children=(self,), _op="sqrt")
+        out._backward = lambda g: self._accumulate(g / (2 * out.data))  # 1 / (2 sqrt(a))
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        n = self.data.size if dim is None else self.data.shape[dim]
+        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
+                     _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def max(self, dim, keepdim=False):
+        """The largest element along dim and its index, as torch's `max(dim)`: a pair
+        (values, indices). Only the largest element decides the result, so the gradient
+        flows to it alone: a max routes the gradient like a switch (a one-hot mask).
+        The indices are plain integers, with no gradient."""
+        indices = self.data.argmax(axis=dim)                  # (N,) the first largest
+        where = np.expand_dims(indices, dim)                  # (N, 1) for take/put
+        values = np.take_along_axis(self.data, where, axis=dim)
+        out = Tensor(values if keepdim else np.squeeze(values, axis=dim),
+                     _children=(self,), _op="max")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.put_along_axis(grad, where, g.reshape(where.shape), axis=dim)
+            self._accumulate(grad)
+        out._backward = _backward
+        return MaxResult(out, indices)
+
+    # -- spread: how far the numbers are from their mean (BatchNorm divides by it) --
+    def var(self, dim=None, keepdim=False, unbiased=True):
+        """The mean squared distance from the mean; divided by n - 1 instead of n when
+        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
+        to the samples than the true mean does, so dividing by n would come out small)."""
+        ddof = 1 if unbiased else 0
+        var = _spread(self.data, dim, ddof)                   # reduced dims kept as 1
+        d = self.data.size // var.size - ddof                 # the divisor: n - 1 or n
+        out = Tensor(var if keepdim else np.squeeze(var, axis=dim), _children=(self,),
+                     _op="var")
+
+        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
+            self._accumulate(g.reshape(var.shape) * 2 * dev / d)  # deviations sum to 0)
+        out._backward = _backward
+        return out
+
+    def std(self, dim=None, keepdim=False, unbiased=True):
+        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
+        ddof = 1 if unbiased else 0
+        std = _spread(self.data, dim, ddof, take_sqrt=True)
+        d = self.data.size // std.size - ddof
+        out = Tensor(std if keepdim else np.squeeze(std, axis=dim), _children=(self,),
+                     _op="std")
+
+        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)
+            self._accumulate(g.reshape(std.shape) * dev / (d * std))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
+            if isinstance(idx, tuple) else idx
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- shape: the same numbers, seen as a different shape (no copy, like torch's view) --
+    def view(self, *shape):
+        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
+        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
+        return out
+
+    reshape = view
+
+    # -- backpropagation --
+    def backward(self):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None and node.grad is not None:
+                node._backward(node.grad)
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def cross_entropy(logits, targets):
+    """F.cross_entropy: the mean negative log likelihood of `targets` under
+    softmax(logits), as ONE op. Subtracting each row's max before exp() keeps exp() from
+    overflowing (softmax does not change when a constant is subtracted from a row), and
+    the backward pass is the short formula (softmax - one-hot(targets)) / N instead of a
+    chain of exp, sum, divide, index and log ops."""
+    x = logits.data                                       # (N, 27)
+    n = len(targets)
+    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
+    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logprobs = shifted - log_norm                         # (N, 27) log softmax
+    out = Tensor(-logprobs[np.arange(n), targets].mean(), _children=(logits,),
+                 _op="cross_entropy")
+
+    def _backward(g):
+        dlogits = np.exp(logprobs)                        # softmax
+        dlogits[np.arange(n), targets] -= 1               # minus one-hot
+        logits._accumulate(g * dlogits / n)
+    out._backward = _backward
+    return out
+
+
+def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None):
+    """BatchNorm as ONE op (F.batch_norm): every column of x (N, D) is shifted by a mean
+    and divided by sqrt(var + eps), then scaled by `gain` and shifted by `bias` (D,).
+    Without `mean` and `var` (training) they are the batch's own, the variance unbiased as
+    in the lecture, and a gradient flows through them; returns (out, mean, var) so the
+    caller can update its running estimates. Given `mean` and `var` (evaluation: the
+    running estimates), they are constants.
+
+    The backward pass is derived by hand (makemore part 4 does it on paper): with
+    xhat = (x - mean) / sqrt(var + eps) and s = gain / sqrt(var + eps),
+        dx = s / N * (N dout - sum(dout) - N / (N - 1) * xhat * sum(dout * xhat))
+    one formula instead of a chain of mean, subtract, var, add, sqrt, divide, multiply and
+    add ops, each with its own backward pass and intermediate arrays."""
+    training = mean is None
+    if training:
+        mean = x.data.mean(axis=0)                            # (D,) batch mean
+        var = _spread(x.data, 0, ddof=1)[0]                   # (D,) unbiased variance
+    # divide by sqrt(var + eps) as the lecture's layer does (not multiply by its inverse),
+    # so that float32 results are the very same numbers
+    xhat = (x.data - mean) / np.sqrt(var + eps)               # (N, D)
+    out = Tensor(gain.data * xhat + bias.data, _children=(x, gain, bias), _op="batch_norm")
+
+    def _backward(g):
+        n = len(g)
+        gain._accumulate(g * xhat)  # summed over the batch by _accumulate
+        bias._accumulate(g)
+        s = gain.data / np.sqrt(var + eps)                    # (D,)
+        if training:  # the statistics depend on x too
+            x._accumulate(s / n * (n * g - g.sum(axis=0)
+                                   - n / (n - 1) * xhat * (g * xhat).sum(axis=0)))
+        else:
+            x._accumulate(g * s)
+    out._backward = _backward
+    return out, mean, var
+
+
+# %% Model
+def init_params(cfg, g, n_hidden):
+    """The lecture's parameters for this exercise, drawn in its order from generator g.
+    Unlike stage 04's, every one is a small random number, even b2 and bnbias (zeros in
+    stage 04) and b1, which BatchNorm makes useless (it subtracts the batch mean, and b1
+    with it): with zeros, a wrong term in a manual gradient can be multiplied by zero
+    and go unnoticed. The lecture draws bngain and bnbias from torch's unseeded global
+    generator; here they come from g, after the others, so that every number repeats."""
+    fan_in = cfg.block_size * cfg.n_embd
+    C = rng.randn(27, cfg.n_embd, generator=g)                    # (27, n_embd) embedding
+    # in the lecture's order: multiply by tanh's gain 5/3, then divide by sqrt(fan_in)
+    W1 = rng.randn(fan_in, n_hidden, generator=g) * (5 / 3) / fan_in**0.5  # (30, n_hidden)
+    b1 = rng.randn(n_hidden, generator=g) * 0.1                   # (n_hidden,) just for fun
+    W2 = rng.randn(n_hidden, 27, generator=g) * 0.1               # (n_hidden, 27)
+    b2 = rng.randn(27, generator=g) * 0.1                         # (27,)
+    bngain = rng.randn(1, n_hidden, generator=g) * 0.1 + 1.0      # (1, n_hidden)
+    bnbias = rng.randn(1, n_hidden, generator=g) * 0.1            # (1, n_hidden)
+    params = dict(C=C, W1=W1, b1=b1, W2=W2, b2=b2, bngain=bngain, bnbias=bnbias)
+    return {name: Tensor(p, requires_grad=True) for name, p in params.items()}
+
+
+def forward_steps(params, Xb, Yb):
+    """The lecture's forward pass, chopped into steps small enough to backpropagate
+    through by hand. Returns every intermediate tensor by name, in order, the loss last;
+    after loss.backward() each holds its gradient (the engine keeps every gradient;
+    torch needs retain_grad() for them)."""
+    C, W1, b1, W2, b2, bngain, bnbias = params.values()   # in the lecture's order
+    n = len(Xb)                                           # batch size, 32
+    emb = C[Xb]                                           # (32, 3, 10) embed the characters
+    embcat = emb.view(emb.shape[0], -1)                   # (32, 30) concatenate them
+    # Linear layer 1
+    hprebn = embcat @ W1 + b1                             # (32, 64) pre-BatchNorm
+    # BatchNorm layer
+    bnmeani = 1 / n * hprebn.sum(0, keepdim=True)         # (1, 64)
+    bndiff = hprebn - bnmeani                             # (32, 64)
+    bndiff2 = bndiff**2                                   # (32, 64)
+    bnvar = 1 / (n - 1) * bndiff2.sum(0, keepdim=True)    # (1, 64) Bessel: n - 1, not n
+    bnvar_inv = (bnvar + 1e-5)**-0.5                      # (1, 64)
+    bnraw = bndiff * bnvar_inv                            # (32, 64)
+    hpreact = bngain * bnraw + bnbias                     # (32, 64)
+    # non-linearity
+    h = hpreact.tanh()                                    # (32, 64) hidden layer
+    # Linear layer 2
+    logits = h @ W2 + b2                                  # (32, 27) output layer
+    # cross-entropy loss, the same as cross_entropy(logits, Yb)
+    logit_maxes = logits.max(1, keepdim=True).values      # (32, 1)
+    norm_logits = logits - logit_maxes                    # (32, 27) for numerical stability
+    counts = norm_logits.exp()                            # (32, 27)
+    counts_sum = counts.sum(1, keepdim=True)              # (32, 1)
+    # **-1 rather than 1 / counts_sum, whose backward pass rounds differently: a
+    # manual gradient could then only be close to the engine's, not equal
+    counts_sum_inv = counts_sum**-1                       # (32, 1)
+    probs = counts * counts_sum_inv                       # (32, 27)
+    logprobs = probs.log()                                # (32, 27)
+    loss = -logprobs[range(n), Yb].mean()                 # ()
+    return dict(emb=emb, embcat=embcat, hprebn=hprebn, bnmeani=bnmeani, bndiff=bndiff,
+                bndiff2=bndiff2, bnvar=bnvar, bnvar_inv=bnvar_inv, bnraw=bnraw,
+                hpreact=hpreact, h=h, logits=logits, logit_maxes=logit_maxes,
+                norm_logits=norm_logits, counts=counts, counts_sum=counts_sum,
+                counts_sum_inv=counts_sum_inv, probs=probs, logprobs=logprobs, loss=loss)
+
+
+def forward(params, X, bnstats=None):
+    """Logits (N, 27) for contexts X (N, block_size), with the engine: exercise 4's
+    network, BatchNorm in a few lines. Without `bnstats` (training) BatchNorm uses this
+    batch's mean and unbiased variance; with them, those (the statistics calibrated over
+    the training set, for evaluation and sampling)."""
+    emb = params["C"][X]                                  # (N, block_size, n_embd)
+    embcat = emb.view(emb.shape[0], -1)                   # (N, block_size * n_embd)
+    hprebn = embcat @ params["W1"] + params["b1"]         # (N, n_hidden)
+    if bnstats is None:
+        bnmean = hprebn.mean(0, keepdim=True)             # (1, n_hidden)
+        bnvar = hprebn.var(0, keepdim=True)               # (1, n_hidden) 1/(n-1), as above
+    else:
+        bnmean, bnvar = bnstats["mean"], bnstats["var"]
+    bnvar_inv = (bnvar + 1e-5)**-0.5                      # (1, n_hidden)
+    bnraw = (hprebn - bnmean) * bnvar_inv                 # (N, n_hidden)
+    hpreact = params["bngain"] * bnraw + params["bnbias"]  # (N, n_hidden)
+    h = hpreact.tanh()                                    # (N, n_hidden)
+    return h @ params["W2"] + params["b2"]                # (N, 27)
+
+
+def evaluate(params, X, Y, bnstats):
+    with no_grad():
+        return cross_entropy(forward(params, X, bnstats), Y).item()
+
+
+def calibrate(params, Xtr):
+    """The lecture's BatchNorm statistics for evaluation: after training, measure each
+    neuron's mean and variance once over the whole training set."""
+    with no_grad():
+        emb = params["C"][Xtr]                            # (182625, block_size, n_embd)
+        hprebn = emb.view(emb.shape[0], -1) @ params["W1"] + params["b1"]  # (182625, 200)
+        return {"mean": hprebn.mean(0, keepdim=True).data,
+                "var": hprebn.var(0, keepdim=True).data}
+
+
+def batch_variance_ratio(params, Xtr, stats, n, seed, batches=5000, chunk=500):
+    """Bessel's correction, measured: the variance of each neuron over a batch of n
+    random training examples, divided by n - 1 and by n, relative to the variance over
+    the whole training set, averaged over `batches` batches and over the neurons. With
+    n - 1 the batch variance is right on average (ratio ~1): training normalizes by the
+    same scale on average as the calibrated statistics do at test time."""
+    C, W1, b1 = (params[k].data for k in ("C", "W1", "b1"))
+    ix = np.random.default_rng(seed).integers(0, len(Xtr), (batches, n))
+    sums = {"n - 1": 0.0, "n": 0.0}
+    for i in range(0, batches, chunk):
+        emb = C[Xtr[ix[i:i + chunk]]]                     # (chunk, n, block_size, n_embd)
+        hprebn = emb.reshape(*emb.shape[:2], -1) @ W1 + b1   # (chunk, n, n_hidden)
+        for name, ddof in (("n - 1", 1), ("n", 0)):
+            var = hprebn.var(axis=1, ddof=ddof, dtype=np.float64)  # (chunk, n_hidden)
+            sums[name] += (var / stats["var"]).sum(0)     # (n_hidden,) over the batches
+    return {name: float(s.mean() / batches) for name, s in sums.items()}
+
+
+# %% Model: the backward pass by hand
+def cmp(name, manual, t):
+    """The lecture's check of a manual gradient against the engine's (t.grad): bitwise
+    equal, equal within rounding (np.allclose with torch.allclose's rtol 1e-5 and atol
+    1e-8), and the largest difference. Unlike torch's, a shape mismatch is an error: a
+    gradient always has its tensor's shape."""
+    if manual.shape != t.grad.shape:
+        raise ValueError(f"d{name} has shape {manual.shape}, but {name} {t.grad.shape}")
+    exact = bool(np.all(manual == t.grad))
+    approximate = bool(np.allclose(manual, t.grad, rtol=1e-5, atol=1e-8))
+    maxdiff = float(np.abs(manual - t.grad).max())
+    print(f"  {name:15s} | exact: {str(exact):5s} | approximate: {str(approximate):5s} | "
+          f"maxdiff: {maxdiff}")
+    return dict(name=name, exact=exact, approximate=approximate, maxdiff=maxdiff)
+
+
+def softmax(x):
+    """Each row's softmax, in numpy (F.softmax(x, 1)): exp of the row minus its max,
+    normalized to sum to 1."""
+    counts = np.exp(x - x.max(axis=1, keepdims=True))     # (N, 27)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def one_hot(indices, num_classes):
+    """F.one_hot as float32: row i is 1 at indices[i], 0 elsewhere."""
+    return np.eye(num_classes, dtype=np.float32)[indices]
+
+
+def backward_by_hand(params, t, Xb, Yb):
+    """Exercise 1: the gradient of the loss with respect to every intermediate and every
+    parameter, from the loss back to C, one line per forward step. Each line is the
+    chain rule: the gradient arriving from above times the step's local derivative; a
+    tensor used twice adds up both gradients (`+=`), and a tensor that was broadcast in
+    the forward pass sums its gradient over the broadcast dimension. Plain numpy on the
+    values `t` of forward_steps: no engine, no graph. Returns the 26 gradients by name."""
+    C, W1, b1, W2, b2, bngain, bnbias = (p.data for p in params.values())
+    (emb, embcat, hprebn, bnmeani, bndiff, bndiff2, bnvar, bnvar_inv, bnraw, hpreact, h,
+     logits, logit_maxes, norm_logits, counts, counts_sum, counts_sum_inv, probs,
+     logprobs, loss) = (x.data for x in t.values())
+    n = len(Xb)
+    # loss = -(logprobs[0, Yb[0]] + ... + logprobs[n-1, Yb[n-1]]) / n
+    dlogprobs = np.zeros_like(logprobs)                   # (32, 27) the others: no effect
+    dlogprobs[range(n), Yb] = -1.0 / n
+    # d log(x) = 1/x. The lecture's (1.0 / probs) * dlogprobs rounds twice; it is the
+    # same number only while 1/n is a power of two (n = 32), so divide, as the engine does
+    dprobs = dlogprobs / probs                            # (32, 27)
+    # probs = counts * counts_sum_inv: (32, 27) * (32, 1), broadcast along rows
+    dcounts_sum_inv = (counts * dprobs).sum(1, keepdims=True)  # (32, 1) so summed
+    dcounts = counts_sum_inv * dprobs                     # counts' first use ...
+    dcounts_sum = (-counts_sum**-2) * dcounts_sum_inv     # d x**-1 = -x**-2
+    dcounts += np.ones_like(counts) * dcounts_sum         # ... and its second, in the sum
+    dnorm_logits = counts * dcounts                       # d exp(x) = exp(x) = counts
+    dlogits = dnorm_logits.copy()                         # logits' first use ...
+    dlogit_maxes = (-dnorm_logits).sum(1, keepdims=True)  # (32, 1) broadcast: summed
+    # ... and its second: the max picked one element per row, which gets the gradient
+    dlogits += one_hot(logits.argmax(1), logits.shape[1]) * dlogit_maxes
+    # logits = h @ W2 + b2: the matrix products' shapes fit only one way
+    dh = dlogits @ W2.T                                   # (32, 64)
+    dW2 = h.T @ dlogits                                   # (64, 27)
+    db2 = dlogits.sum(0)                                  # (27,)
+    dhpreact = (1.0 - h**2) * dh                          # d tanh(x) = 1 - tanh(x)**2
+    # hpreact = bngain * bnraw + bnbias: (1, 64) broadcast along the batch: summed
+    dbngain = (bnraw * dhpreact).sum(0, keepdims=True)    # (1, 64)
+    dbnraw = bngain * dhpreact                            # (32, 64)
+    dbnbias = dhpreact.sum(0, keepdims=True)              # (1, 64)
+    dbndiff = bnvar_inv * dbnraw                          # bndiff's first use ...
+    dbnvar_inv = (bndiff * dbnraw).sum(0, keepdims=True)  # (1, 64)
+    dbnvar = (-0.5 * (bnvar + 1e-5)**-1.5) * dbnvar_inv   # d x**-0.5 = -0.5 x**-1.5
+    dbndiff2 = (1.0 / (n - 1)) * np.ones_like(bndiff2) * dbnvar   # a sum: to every term
+    dbndiff += (2 * bndiff) * dbndiff2                    # ... and its second, squared
+    dhprebn = dbndiff.copy()                              # hprebn's first use ...
+    dbnmeani = (-dbndiff).sum(0, keepdims=True)           # (1, 64)
+    dhprebn += 1.0 / n * (np.ones_like(hprebn) * dbnmeani)   # ... and its second, the mean
+    # hprebn = embcat @ W1 + b1
+    dembcat = dhprebn @ W1.T                              # (32, 30)
+    dW1 = embcat.T @ dhprebn                              # (30, 64)
+    db1 = dhprebn.sum(0)                                  # (64,)
+    demb = dembcat.reshape(emb.shape)                     # (32, 3, 10) undo the view
+    # emb = C[Xb]: each row of C gets the gradients of every place it was picked
+    dC = np.zeros_like(C)                                 # (27, 10)
+    for k in range(Xb.shape[0]):
+        for j in range(Xb.shape[1]):
+            ix = Xb[k, j]
+            dC[ix] += demb[k, j]
+    return dict(logprobs=dlogprobs, probs=dprobs, counts_sum_inv=dcounts_sum_inv,
+                counts_sum=dcounts_sum, counts=dcounts, norm_logits=dnorm_logits,
+                logit_maxes=dlogit_maxes, logits=dlogits, h=dh, W2=dW2, b2=db2,
+                hpreact=dhpreact, bngain=dbngain, bnbias=dbnbias, bnraw=dbnraw,
+                bnvar_inv=dbnvar_inv, bnvar=dbnvar, bndiff2=dbndiff2, bndiff=dbndiff,
+                bnmeani=dbnmeani, hprebn=dhprebn, embcat=dembcat, W1=dW1, b1=db1,
+                emb=demb, C=dC)
+
+
+def cross_entropy_backward(logits, Yb):
+    """Exercise 2: the gradient of the mean cross-entropy with respect to the logits in
+    one step, worked out on paper: d loss / d logits[i, j] = (softmax(logits)[i, j] -
+    (1 if j == Yb[i] else 0)) / n. Each example pulls its right character's logit up
+    by 1 - p and pushes every other logit down by its p: the forces balance (each row
+    sums to zero), and an example the network already gets right pulls and pushes
+    nothing."""
+    n = len(Yb)
+    dlogits = softmax(logits)                             # (32, 27)
+    dlogits[range(n), Yb] -= 1
+    dlogits /= n
+    return dlogits
+
+
+def batchnorm_backward(dhpreact, bngain, bnvar_inv, bnraw):
+    """Exercise 3: BatchNorm's input gradient in one line, worked out on paper: every
+    output of a neuron depends on every input of the batch, through the batch mean and
+    variance. The n / (n - 1) is Bessel's correction of the variance showing up in the
+    gradient. Stage 04's fused batch_norm op uses this formula for its backward pass."""
+    n = dhpreact.shape[0]
+    return bngain * bnvar_inv / n * (n * dhpreact - dhpreact.sum(0)
+                                     - n / (n - 1) * bnraw * (dhpreact * bnraw).sum(0))
+
+
+def manual_backward(params, Xb, Yb):
+    """Exercise 4's forward and backward pass without any autograd: numpy on the
+    parameters' arrays, the forward pass as forward() computes it, the backward pass
+    with the one-step formulas of exercises 2 and 3. Returns the loss and the gradients
+    in the parameters' order (C, W1, b1, W2, b2, bngain, bnbias)."""
+    C, W1, b1, W2, b2, bngain, bnbias = (p.data for p in params.values())
+    n = len(Xb)
+    # forward pass: the same numpy operations as the engine's, so the same numbers
+    emb = C[Xb]                                           # (32, 3, 10)
+    embcat = emb.reshape(n, -1)                           # (32, 30)
+    hprebn = embcat @ W1 + b1                             # (32, 200)
+    bnmean = hprebn.mean(0, keepdims=True)                # (1, 200)
+    bnvar = _spread(hprebn, 0, ddof=1)                    # (1, 200) as Tensor.var does
+    bnvar_inv = (bnvar + 1e-5)**-0.5                      # (1, 200)
+    bnraw = (hprebn - bnmean) * bnvar_inv                 # (32, 200)
+    hpreact = bngain * bnraw + bnbias                     # (32, 200)
+    h = np.tanh(hpreact)                                  # (32, 200)
+    logits = h @ W2 + b2                                  # (32, 27)
+    loss = cross_entropy(Tensor(logits), Yb).item()       # its value only: no graph
+    # backward pass
+    dlogits = cross_entropy_backward(logits, Yb)          # (32, 27)
+    dh = dlogits @ W2.T                                   # 2nd layer
+    dW2 = h.T @ dlogits
+    db2 = dlogits.sum(0)
+    dhpreact = (1.0 - h**2) * dh                          # tanh
+    dbngain = (bnraw * dhpreact).sum(0, keepdims=True)    # BatchNorm
+    dbnbias = dhpreact.sum(0, keepdims=True)
+    dhprebn = batchnorm_backward(dhpreact, bngain, bnvar_inv, bnraw)
+    dembcat = dhprebn @ W1.T                              # 1st layer
+    dW1 = embcat.T @ dhprebn
+    db1 = dhprebn.sum(0)
+    demb = dembcat.reshape(emb.shape)                     # embedding
+    dC = np.zeros_like(C)
+    np.add.at(dC, Xb, demb)  # exercise 1's double loop, in one call (same order of sums)
+    return loss, [dC, dW1, db1, dW2, db2, dbngain, dbnbias]
+
+
+# %% Training
+def learning_rate(cfg, step):
+    """The lecture's schedule: lr for the first lr_decay_step steps, then lr / 10."""
+    return cfg.lr if step < cfg.lr_decay_step else cfg.lr / 10
+
+
+def sgd_step(params, X, Y, lr):
+    """One minibatch step with the engine: forward, zero the gradients, backward, update."""
+    loss = cross_entropy(forward(params, X), Y)
+    for p in params.values():
+        p.grad = None
+    loss.backward()
+    for p in params.values():
+        p.data += -lr * p.grad
+    return loss.item()
+
+
+def manual_step(params, X, Y, lr):
+    """One minibatch step with the gradients computed by hand: no graph, no backward()."""
+    loss, grads = manual_backward(params, X, Y)
+    for p, grad in zip(params.values(), grads):
+        p.data += -lr * grad
+    return loss
+
+
+def train(cfg, params, Xtr, Ytr, g, quiet=False):
+    """Minibatch gradient descent; the minibatch indices come from generator g. The
+    gradients come from manual_step, or with --backward engine from sgd_step."""
+    step = manual_step if cfg.backward == "manual" else sgd_step
+    lossi = []
+    progress = cli.Progress(cfg.steps, every=10_000, quiet=quiet)
+    for i in range(cfg.steps):
+        ix = rng.randint(0, Xtr.shape[0], (cfg.batch_size,), generator=g)  # (32,)
+        lr = learning_rate(cfg, i)
+        loss = cli.finite(step(params, Xtr[ix], Ytr[ix], lr))
+        lossi.append(loss)
+        progress.update(i, loss, lr)
+    return lossi
+
+
+def check_gradients(params, Xb, Yb):
+    """The lecture's safety net before training by hand: the manual gradients of one
+    batch against the engine's (loss.backward()), parameter by parameter."""
+    _, grads = manual_backward(params, Xb, Yb)
+    loss = cross_entropy(forward(params, Xb), Yb)
+    loss.backward()
+    rows = [cmp(name, grad, p) for (name, p), grad in zip(params.items(), grads)]
+    # b1's true gradient is zero: BatchNorm subtracts the batch mean, and b1 with it. Both
+    # sides are float32 rounding noise around 0, too small for allclose's atol 1e-8 to
+    # call them equal, or not, reliably
+    noise = max(np.abs(grads[2]).max(), np.abs(params["b1"].grad).max())
+    print(f"  (b1 should get exactly 0: both gradients are rounding noise, at most "
+          f"{noise:.1e})")
+    for p in params.values():
+        p.grad = None  # training by hand never reads them
+    return rows
+
+
+# %% Sampling
+def sample_names(model, cfg, n, itos):
+    """Sample n names: start from a context of '.', draw the next character from the
+    softmax with torch.multinomial's default sampling (without replacement), slide the
+    context, stop at '.'. `model` maps contexts (1, block_size) to logits (1, 27) in
+    evaluation mode. The generator is seeded seed + 10, as in the lecture."""
+    g = rng.Generator(cfg.seed + 10)
+    names = []
+    for _ in range(n):
+        out, context = [], [0] * cfg.block_size
+        while True:
+            with no_grad():
+                logits = model(np.array([context]))                 # (1, 27)
+                probs = logits.data - logits.data.max()
+                probs = np.exp(probs) / np.exp(probs).sum()         # softmax
+            ix = int(rng.multinomial(probs[0], num_samples=1, generator=g)[0])
+            context = context[1:] + [ix]
+            out.append(itos[ix])
+            if ix == 0:
+                break
+        names.append("".join(out))
+    return names
+
+
+# %% Figures
+def plot_losses(lossi, path, chunk=1000):
+    """log10 of every minibatch loss (noisy), and the mean over chunks of 1,000 steps."""
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    log_loss = np.log10(lossi)
+    ax.plot(log_loss, lw=0.3, alpha=0.5, label="minibatch")
+    m = len(log_loss) // chunk * chunk
+    if m:
+        means = log_loss[:m].reshape(-1, chunk).mean(1)
+        ax.plot(np.arange(len(means)) * chunk + chunk / 2, means, lw=2,
+                label=f"mean over {chunk} steps")
+    ax.set_xlabel("step")
+    ax.set_ylabel("log10(loss)")
+    ax.legend()
+    cli.save_figure(fig, path)
+
+
+def plot_dlogits(dlogits, Yb, itos, path):
+    """The lecture's picture of dlogits: one row per example, one column per character.
+    The dark cell of each row is its right character, pulled up; the light ones are the
+    wrong characters the network finds likely, pushed down; each row sums to zero."""
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 8))
+    ax.imshow(dlogits, cmap="gray")
+    ax.set_xticks(range(27), [itos[i] for i in range(27)])
+    ax.set_yticks(range(len(Yb)), [itos[int(y)] for y in Yb], fontsize=7)
+    ax.set_xlabel("character (logit)")
+    ax.set_ylabel("example (labelled with its right next character)")
+    ax.set_title("dlogits = (softmax - one-hot) / n: pulled up (dark), pushed down (light)")
+    cli.save_figure(fig, path)
+
+
+# %% Main
+def exercise_network(cfg, Xtr, Ytr):
+    """The network of exercises 1-3 (hidden layer of 64) and one batch, forward through
+    the atomic steps and backward with the engine: the reference for every manual
+    gradient. The batch comes from the same generator, after the parameters."""
+    g = rng.Generator(cfg.seed)
+    params = init_params(cfg, g, cfg.ex_hidden)
+    ix = rng.randint(0, Xtr.shape[0], (cfg.batch_size,), generator=g)  # (32,)
+    Xb, Yb = Xtr[ix], Ytr[ix]
+    t = forward_steps(params, Xb, Yb)
+    t["loss"].backward()
+    return params, t, Xb, Yb
+
+
+def exercise1(params, t, Xb, Yb):
+    print("\n== Exercise 1: backpropagate through every step by hand, compared with the "
+          "engine")
+    grads = backward_by_hand(params, t, Xb, Yb)
+    tensors = {**t, **params}
+    return [cmp(name, grad, tensors[name]) for name, grad in grads.items()]
+
+
+def exercise2(t, Yb, itos, cfg):
+    print("\n== Exercise 2: cross-entropy's backward pass in one step")
+    with no_grad():
+        loss_fast = cross_entropy(t["logits"], Yb).item()
+    loss = t["loss"].item()
+    print(f"  cross_entropy(logits, Yb) {loss_fast:.6f}, atomic steps {loss:.6f}, "
+          f"diff: {loss_fast - loss}")
+    dlogits = cross_entropy_backward(t["logits"].data, Yb)
+    row = cmp("logits", dlogits, t["logits"])
+    n, probs, y = len(Yb), softmax(t["logits"].data)[0], int(Yb[0])
+    row_sums = float(np.abs(dlogits.sum(1)).max())
+    print(f"  the forces on example 0, times n: its right character {itos[y]!r} gets "
+          f"p - 1 = {n * dlogits[0, y]:+.4f} (descent\n  pulls its logit up), the other 26 "
+          f"characters their p, {n * (dlogits[0].sum() - dlogits[0, y]):+.4f} in all "
+          f"(pushed down)")
+    print(f"  every row of dlogits sums to zero: the largest |row sum| is {row_sums:.1e}")
+    figure = None
+    if cfg.plots:
+        figure = cli.out_dir(cfg.out) / "dlogits.png"
+        plot_dlogits(dlogits, Yb, itos, figure)
+    return dict(loss_fast=loss_fast, loss=loss, cmp=row, row_sums=row_sums,
+                pull=float(n * dlogits[0, y]), p=float(probs[y]),
+                figure=figure and str(figure))
+
+
+def exercise3(params, t):
+    print("\n== Exercise 3: BatchNorm's backward pass in one step")
+    bngain, bnbias, hprebn = params["bngain"], params["bnbias"], t["hprebn"]
+    with no_grad():  # the lecture's BatchNorm in one line, forward
+        hpreact_fast = bngain * (hprebn - hprebn.mean(0, keepdim=True)) / (
+            hprebn.var(0, keepdim=True) + 1e-5).sqrt() + bnbias
+    forward_diff = float(np.abs(hpreact_fast.data - t["hpreact"].data).max())
+    print(f"  forward: one line vs atomic steps, max diff {forward_diff}")
+    dhpreact = t["hpreact"].grad  # the engine's (exercise 1's manual one is equal)
+    dhprebn = batchnorm_backward(dhpreact, bngain.data, t["bnvar_inv"].data,
+                                 t["bnraw"].data)
+    return dict(forward_diff=forward_diff, cmp=cmp("hprebn", dhprebn, hprebn))
+
+
+def exercise4(cfg, splits, itos):
+    """Train the hidden-200 network with the manual backward pass only, calibrate
+    BatchNorm over the training set, evaluate, sample, save."""
+    (Xtr, Ytr), (Xdev, Ydev), _ = splits.values()
+    g = rng.Generator(cfg.seed)
+    params = init_params(cfg, g, cfg.n_hidden)
+    n_params = sum(p.data.size for p in params.values())
+    print(f"\n== Exercise 4: training with the {cfg.backward} backward pass: embedding "
+          f"{cfg.n_embd}, hidden {cfg.n_hidden}, {n_params} parameters")
+    state = g.get_state()  # peek at the first training batch without using it up
+    ix = rng.randint(0, Xtr.shape[0], (cfg.batch_size,), generator=g)
+    g.set_state(state)
+    print("  the first batch's gradients, manual vs engine:")
+    check = check_gradients(params, Xtr[ix], Ytr[ix])
+
+    print(f"  {cfg.steps} steps, lr {cfg.lr} then {cfg.lr / 10} from step "
+          f"{cfg.lr_decay_step}")
+    start = time.perf_counter()
+    lossi = train(cfg, params, Xtr, Ytr, g)
+    seconds = time.perf_counter() - start
+    stats = calibrate(params, Xtr)
+    final = {name: evaluate(params, X, Y, stats)
+             for name, (X, Y) in (("train", (Xtr, Ytr)), ("val", (Xdev, Ydev)))}
+    ms = 1000 * seconds / cfg.steps if cfg.steps else 0.0
+    print(f"  {seconds:.1f}s ({ms:.3f} ms/step); " + ", ".join(
+        f"{k} {v:.4f}" for k, v in final.items()) + " (BatchNorm calibrated on the "
+        "training set)")
+    bessel = batch_variance_ratio(params, Xtr, stats, cfg.batch_size, cfg.seed)
+    print(f"  Bessel's correction: a batch of {cfg.batch_size}'s variance over the "
+          f"training set's, on average: {bessel['n - 1']:.4f} dividing by n - 1, "
+          f"{bessel['n']:.4f} dividing by n")
+    names = sample_names(lambda X: forward(params, X, stats), cfg, cfg.samples, itos)
+    print("\n== Samples\n  " + " ".join(names))
+
+    out = cli.out_dir(cfg.out)
+    arrays = {n: p.data for n, p in params.items()}
+    arrays.update(bnmean=stats["mean"], bnvar=stats["var"])
+    cli.save_checkpoint(out / "model.npz", arrays, asdict(cfg))
+    files = [str(out / "model.npz")]
+    if cfg.plots:
+        plot_losses(lossi, out / "loss.png")
+        files.append(str(out / "loss.png"))
+    return dict(n_params=n_params, check=check, lossi=lossi, **final, bessel=bessel,
+                samples=names, seconds=seconds, ms_per_step=ms, files=files)
+
+
+def main(argv=None) -> dict:
+    cfg = cli.parse_config(Config, argv, __doc__, prog="05_backprop_ninja/train.py")
+    cli.keep_freed_memory()  # evaluating 182,625 examples makes big arrays: reuse them
+    words = data.load_names()
+    stoi, itos = data.names_vocab(words)
+    (Xtr, Ytr), (Xdev, Ydev), (Xte, Yte) = data.makemore_splits(cfg.block_size)
+    print(f"{len(words)} names -> train {len(Xtr)}, dev {len(Xdev)}, test {len(Xte)} "
+          f"examples of {cfg.block_size} characters")
+    show_examples(Xtr, Ytr, itos)
+    splits = {"train": (Xtr, Ytr), "val": (Xdev, Ydev), "test": (Xte, Yte)}
+    result = dict(config=asdict(cfg), sizes=(len(Xtr), len(Xdev), len(Xte)))
+    files = []
+
+    if cfg.exercise in (0, 1, 2, 3):
+        params, t, Xb, Yb = exercise_network(cfg, Xtr, Ytr)
+        n_params = sum(p.data.size for p in params.values())
+        loss = t["loss"].item()
+        print(f"\n== The exercise network: embedding {cfg.n_embd}, hidden {cfg.ex_hidden}, "
+              f"{n_params} parameters; one batch of {cfg.batch_size}, loss {loss:.4f}")
+        result.update(n_params=n_params, loss=loss)
+    if cfg.exercise in (0, 1):
+        result["exercise1"] = exercise1(params, t, Xb, Yb)
+    if cfg.exercise in (0, 2):
+        result["exercise2"] = exercise2(t, Yb, itos, cfg)
+        if result["exercise2"]["figure"]:
+            files.append(result["exercise2"]["figure"])
+    if cfg.exercise in (0, 3):
+        result["exercise3"] = exercise3(params, t)
+    if cfg.exercise in (0, 4):
+        result["exercise4"] = exercise4(cfg, splits, itos)
+        files += result["exercise4"]["files"]
+    if files:
+        print(f"\nwrote {', '.join(files)}")
+    return dict(result, files=files)
+
+
+if __name__ == "__main__":
+    cli.run(main)
