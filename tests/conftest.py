@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+# The stages run their small matrices on one BLAS thread (each stage's Imports cell says
+# why); the tests import numpy before any stage does, so set it here first.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
