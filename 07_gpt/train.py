@@ -1,0 +1,1781 @@
+"""Stage 07: a GPT, built from scratch and trained on tiny Shakespeare.
+
+Follows "Let's build GPT: from scratch, in code, spelled out", and trains the default model
+with nanoGPT's recipe. New over stage 06: text as a stream of tokens, batches of random
+windows (targets shifted by one); the bigram baseline; the "mathematical trick" of
+self-attention (averaging the past with a lower-triangular matrix); `Head` (keys,
+queries, values, the 1/sqrt(head_size) scale), `MultiHeadAttention`, `FeedForward`,
+residual `Block`s with pre-LayerNorm, dropout and the `GPTLanguageModel`; AdamW with
+warmup, cosine decay and gradient clipping; checkpoints, `--resume`, `--sample`, BPE
+tokenizers. The engine gains batched matmul, transpose, masked_fill, split and cat, relu
+and gelu, dropout, and fused softmax, layer norm and attention with their backward passes.
+
+    python 07_gpt/train.py                          # nanoGPT's laptop GPT, minutes
+    python 07_gpt/train.py --sample --prompt "ROMEO:" --temperature 0.8
+    python 07_gpt/train.py --model bigram           # the lecture's steps, one by one:
+    python 07_gpt/train.py --model single-head      #   single-head, multi-head,
+    python 07_gpt/train.py --model residual         #   feed-forward, residual, layernorm
+    python 07_gpt/train.py --preset lecture         # the lecture's 10.8M model (hours)
+    python 07_gpt/train.py --tokenizer bpe --vocab-size 512
+
+Measured on the course's 2-core machine, one BLAS thread (tests/benchmarks/bench_gpt.py):
+    default run     val loss 1.7659 (2.548 bits per character) after 2,000 steps,
+                    62 ms per step, 2m16s in all; PyTorch 2.13 with this model and recipe
+                    on the same random numbers: 1.7716; nanoGPT's own variant: 1.886
+    --model bigram  step 0: train 4.7305, val 4.7241; step 2700: 2.4738, 2.4911, the
+                    lecture's prints digit for digit
+    lecture steps   single-head 2.4133, multi-head 2.2808, feed-forward 2.2491, residual
+                    2.0738, layernorm 2.0622 (the lecture: 2.4, 2.28, 2.24, 2.08, 2.06)
+    --preset lecture  10,788,929 parameters, 15.5 s per step
+"""
+
+# %% Imports
+from __future__ import annotations
+
+import codecs
+import math
+import os
+import sys
+import time
+from collections import namedtuple
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+# One BLAS thread: on the course's 2-core machine, shared with other jobs, a second thread
+# made a training step 2-4x slower whenever the other core was busy (it waits for it),
+# and only ~1.4x faster on an idle machine (tests/benchmarks/bench_gpt.py). On a machine
+# of your own, try OPENBLAS_NUM_THREADS=2 (or more). Must precede numpy's import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+from common import bpe, cli, data, rng  # noqa: E402
+
+
+# %% Config
+# The lecture builds the GPT in steps; --model picks one (each adds to the one before).
+MODELS = ("bigram", "single-head", "multi-head", "feed-forward", "residual", "layernorm",
+          "gpt")
+
+# torch.optim.AdamW's defaults, used by the lecture's scripts
+TORCH_ADAMW = dict(beta2=0.999, weight_decay=0.01, decay="all", schedule="constant",
+                   warmup_steps=0, grad_clip=0.0)
+# the lecture's intermediate models: n_embd 32, context 8, lr 1e-3, 5,000 steps
+LECTURE_STEPS = dict(TORCH_ADAMW, n_layer=3, n_head=4, n_embd=32, block_size=8,
+                     batch_size=32, dropout=0.0, steps=5000, lr=1e-3, eval_interval=500,
+                     eval_iters=200)
+PRESETS = {
+    "bigram": dict(LECTURE_STEPS, steps=3000, lr=1e-2, eval_interval=300),  # bigram.py
+    "lecture-steps": LECTURE_STEPS,
+    "lecture": dict(LECTURE_STEPS, n_layer=6, n_head=6, n_embd=384,  # gpt.py
+                    block_size=256, batch_size=64, dropout=0.2, lr=3e-4),
+}
+# fixed by the checkpoint when resuming or sampling
+ARCHITECTURE = ("model", "n_layer", "n_head", "n_embd", "block_size", "activation",
+                "tokenizer", "vocab_size")
+
+
+@dataclass
+class Config:
+    model: str = cli.arg("gpt", "which model of the lecture (each step adds to the one "
+                                "before): bigram, single-head, multi-head, feed-forward, "
+                                "residual, layernorm, gpt", choices=MODELS)
+    preset: str = cli.arg("cpu", "with --model gpt: 'cpu' is nanoGPT's laptop-sized GPT "
+                                 "(the defaults shown here); 'lecture' is the lecture's "
+                                 "10.8M-parameter GPT (hours of CPU time). The other "
+                                 "models default to the lecture's settings; flags given "
+                                 "override",
+                          choices=("cpu", "lecture"))
+    n_layer: int = cli.arg(4, "transformer blocks")
+    n_head: int = cli.arg(4, "attention heads per block (head size: n_embd / n_head)")
+    n_embd: int = cli.arg(128, "embedding dimension")
+    block_size: int = cli.arg(64, "context length: the most tokens the model looks back")
+    dropout: float = cli.arg(0.0, "dropout probability while training")
+    activation: str = cli.arg("relu", "non-linearity of the feed-forward layers",
+                              choices=("relu", "gelu"))
+    attention: str = cli.arg("batched", "'heads': each Head on its own, as typed in the "
+                                        "lecture; 'batched': all heads in one matmul (the "
+                                        "same weights and results, faster)",
+                             choices=("batched", "heads"))
+    tokenizer: str = cli.arg("char", "'char': one token per character (the lecture's 65); "
+                                     "'bpe': byte-pair encoding trained on the training "
+                                     "split; 'gpt2': GPT-2's 50,257 tokens",
+                             choices=("char", "bpe", "gpt2"))
+    vocab_size: int = cli.arg(512, "with --tokenizer bpe: its vocabulary size")
+    steps: int = cli.arg(2000, "training steps (max_iters)")
+    batch_size: int = cli.arg(12, "sequences per batch")
+    lr: float = cli.arg(1e-3, "learning rate (the peak, with a schedule)")
+    schedule: str = cli.arg("cosine", "learning rate after warmup: cosine decay to "
+                                      "--min-lr, or constant",
+                            choices=("cosine", "constant"))
+    warmup_steps: int = cli.arg(100, "steps of linear learning-rate warmup")
+    min_lr: float = cli.arg(1e-4, "learning rate at the end of the cosine decay")
+    beta2: float = cli.arg(0.99, "AdamW's beta2 (beta1 is 0.9)")
+    weight_decay: float = cli.arg(0.1, "AdamW's decoupled weight decay")
+    decay: str = cli.arg("matrices", "parameters that weight decay applies to: the "
+                                     "matrices (nanoGPT) or all (torch's AdamW)",
+                         choices=("matrices", "all"))
+    grad_clip: float = cli.arg(1.0, "clip the gradient's global norm to this (0: off)")
+    eval_interval: int = cli.arg(250, "estimate the losses every this many steps")
+    eval_iters: int = cli.arg(20, "batches per split in each loss estimate")
+    seed: int = cli.arg(1337, "seed of the generator (the lecture's torch.manual_seed)")
+    out: str = cli.arg("out/07_gpt", "folder of the checkpoint, figures and tokenizer")
+    plots: bool = cli.arg(True, "write figures")
+    resume: bool = cli.arg(False, "continue training from the checkpoint in --out")
+    sample: bool = cli.arg(False, "do not train: generate from the checkpoint in --out")
+    prompt: str = cli.arg("", "text the sample continues (default: a newline)")
+    max_new_tokens: int = cli.arg(500, "tokens to generate")
+    temperature: float = cli.arg(1.0, "divide the logits by this before sampling (< 1: "
+                                      "safer, > 1: wilder)")
+    top_k: int = cli.arg(0, "sample among the k most likely tokens only (0: all)")
+
+    def check(self, resolved=False):
+        """Each value on its own; with resolved=True (once with_presets has filled in the
+        chosen model's settings) also how they fit together."""
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                     "eval_interval", "eval_iters"):
+            value = getattr(self, name)
+            cli.check(value >= 1, f"{_flag(name)} must be >= 1, got {value}")
+        for name in ("steps", "warmup_steps", "max_new_tokens", "top_k"):
+            value = getattr(self, name)
+            cli.check(value >= 0, f"{_flag(name)} must be >= 0, got {value}")
+        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        cli.check(self.min_lr >= 0, f"--min-lr must be >= 0, got {self.min_lr}")
+        cli.check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        cli.check(0 <= self.beta2 < 1, f"--beta2 must be in [0, 1), got {self.beta2}")
+        cli.check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got "
+                                          f"{self.weight_decay}")
+        cli.check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
+        cli.check(self.temperature > 0, f"--temperature must be positive, got "
+                                        f"{self.temperature}")
+        cli.check(self.vocab_size >= 256, f"--vocab-size must be >= 256 (one token per "
+                                          f"byte), got {self.vocab_size}")
+        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
+        cli.check(self.preset == "cpu" or self.model == "gpt",
+                  "--preset lecture is the full GPT: use it with --model gpt")
+        cli.check(not (self.sample and self.resume),
+                  "--sample and --resume exclude each other")
+        if resolved:
+            cli.check(self.n_embd % self.n_head == 0 or self.model in ("bigram",
+                                                                       "single-head"),
+                      f"--n-embd {self.n_embd} must be a multiple of --n-head "
+                      f"{self.n_head}")
+            cli.check(self.min_lr <= self.lr or self.schedule == "constant",
+                      f"--min-lr {self.min_lr} must not exceed --lr {self.lr}")
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def given_fields(argv):
+    """The Config fields set on the command line (argparse also takes unique prefixes of
+    flags, such as --n-emb)."""
+    flags = {f.name: _flag(f.name) for f in fields(Config)}
+    flags.update({f.name: "--no-" + f.name.replace("_", "-") for f in fields(Config)
+                  if f.default is True})
+    given = set()
+    for word in argv:
+        if word.startswith("--"):
+            word = word.split("=")[0]
+            matches = [name for name, flag in flags.items() if flag == word] or \
+                [name for name, flag in flags.items() if flag.startswith(word)]
+            if len(matches) == 1:
+                given.add(matches[0])
+    return given
+
+
+def with_presets(cfg, argv):
+    """The chosen model's (or preset's) settings for every field the command line left at
+    its default: `--model bigram` trains like bigram.py, `--preset lecture` like gpt.py."""
+    if cfg.model == "bigram":
+        preset = PRESETS["bigram"]
+    elif cfg.model != "gpt":
+        preset = PRESETS["lecture-steps"]
+    else:
+        preset = PRESETS["lecture"] if cfg.preset == "lecture" else {}
+    given = given_fields(argv)
+    return replace(cfg, **{k: v for k, v in preset.items() if k not in given})
+
+
+# %% Data
+class CharTokenizer:
+    """The lecture's tokenizer: each character is a token (65 of them in tiny Shakespeare,
+    sorted: '\\n', ' ', '!', ..., 'z'). Same methods as common/bpe.py's Tokenizer."""
+
+    def __init__(self, chars):
+        self.chars, self.name = "".join(chars), "char"
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+
+    @property
+    def vocab_size(self):
+        return len(self.chars)
+
+    def encode(self, text):
+        return data.encode_chars(text, self.stoi)  # unknown characters: a UserError
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+    def decode_bytes(self, ids):
+        return self.decode(ids).encode("utf-8")
+
+
+def get_tokenizer(cfg, text, train_text, out, quiet=False):
+    """char: the text's characters; gpt2: GPT-2's shipped ranks; bpe: our BPE trained on
+    the training split only (never on validation text), cached in the output folder."""
+    if cfg.tokenizer == "char":
+        return CharTokenizer(sorted(set(text)))
+    if cfg.tokenizer == "gpt2":
+        return bpe.gpt2()
+    folder = Path(out) / f"bpe{cfg.vocab_size}"
+    if (folder / bpe.META_FILE).is_file():
+        return bpe.Tokenizer.load(folder)
+    start = time.perf_counter()
+    tok = bpe.Tokenizer(name=f"bpe{cfg.vocab_size}").train(train_text, cfg.vocab_size)
+    tok.save(folder)
+    if not quiet:
+        print(f"trained a {tok.vocab_size}-token BPE tokenizer on the training split in "
+              f"{time.perf_counter() - start:.1f}s (saved in {folder})")
+    return tok
+
+
+def load_splits(tok, text):
+    """The lecture's 90/10 split of the text (the first 90% trains), each part encoded:
+    int64 token ids, plus the characters per split (for bits per character)."""
+    n = int(0.9 * len(text))
+    train_data = np.asarray(tok.encode(text[:n]), dtype=np.int64)
+    val_data = np.asarray(tok.encode(text[n:]), dtype=np.int64)
+    return {"train": train_data, "val": val_data}, {"train": n, "val": len(text) - n}
+
+
+def get_batch(split_data, block_size, batch_size, g):
+    """`batch_size` random windows: x is block_size tokens, y the same window shifted by
+    one, so y[b, t] is the token after x[b, :t+1] (block_size examples per window)."""
+    ix = rng.randint(0, len(split_data) - block_size, (batch_size,), generator=g)  # (B,)
+    offsets = ix[:, None] + np.arange(block_size)                                 # (B, T)
+    return split_data[offsets], split_data[offsets + 1]
+
+
+# %% Engine
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _matmul(a, b):
+    """a @ b; a stack of matrices times one matrix, (B, T, C) @ (C, N), as ONE
+    (B*T, C) @ (C, N) matmul: numpy would multiply the B small matrices one by one."""
+    if b.ndim == 2 < a.ndim:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    return a @ b
+
+
+def _spread(x, dim, ddof, take_sqrt=False):
+    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
+    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
+    double precision and rounded once to x's precision (float32 for training)."""
+    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
+    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
+
+
+# what torch's max(dim) returns: the largest values (a Tensor) and where they are (ints)
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
+                                  and data.dtype.kind == "f"):
+            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(_matmul(self.data, other.data), _children=(self, other), _op="@")
+
+        def _backward(g):  # A @ B: dA = g @ B^T, dB = A^T @ g, on the last two dims
+            if self.requires_grad:
+                self._accumulate(_matmul(g, np.swapaxes(other.data, -1, -2)))
+            if other.requires_grad:
+                if other.data.ndim == 2 < self.data.ndim:  # (B, T, C) @ (C, N): sum
+                    a = self.data.reshape(-1, self.data.shape[-1])  # over all B*T rows
+                    other._accumulate(a.T @ g.reshape(-1, g.shape[-1]))  # in one matmul
+                else:
+                    other._accumulate(np.swapaxes(self.data, -1, -2) @ g)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    def tanh(self):
+        out = Tensor(np.tanh(self.data), _children=(self,), _op="tanh")
+        out._backward = lambda g: self._accumulate(g * (1 - out.data**2))  # 1 - tanh**2
+        return out
+
+    def sqrt(self):
+        out = Tensor(np.sqrt(self.data), _children=(self,), _op="sqrt")
+        out._backward = lambda g: self._accumulate(g / (2 * out.data))  # 1 / (2 sqrt(a))
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        n = self.data.size if dim is None else self.data.shape[dim]
+        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
+                     _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def max(self, dim, keepdim=False):
+        """The largest element along dim and its index, as torch's `max(dim)`: a pair
+        (values, indices). Only the largest element decides the result, so the gradient
+        flows to it alone: a max routes the gradient like a switch (a one-hot mask).
+        The indices are plain integers, with no gradient."""
+        indices = self.data.argmax(axis=dim)                  # (N,) the first largest
+        where = np.expand_dims(indices, dim)                  # (N, 1) for take/put
+        values = np.take_along_axis(self.data, where, axis=dim)
+        out = Tensor(values if keepdim else np.squeeze(values, axis=dim),
+                     _children=(self,), _op="max")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.put_along_axis(grad, where, g.reshape(where.shape), axis=dim)
+            self._accumulate(grad)
+        out._backward = _backward
+        return MaxResult(out, indices)
+
+    # -- spread: how far the numbers are from their mean (BatchNorm divides by it) --
+    def var(self, dim=None, keepdim=False, unbiased=True):
+        """The mean squared distance from the mean; divided by n - 1 instead of n when
+        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
+        to the samples than the true mean does, so dividing by n would come out small)."""
+        ddof = 1 if unbiased else 0
+        var = _spread(self.data, dim, ddof)                   # reduced dims kept as 1
+        d = self.data.size // var.size - ddof                 # the divisor: n - 1 or n
+        out = Tensor(var if keepdim else np.squeeze(var, axis=dim), _children=(self,),
+                     _op="var")
+
+        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
+            self._accumulate(g.reshape(var.shape) * 2 * dev / d)  # deviations sum to 0)
+        out._backward = _backward
+        return out
+
+    def std(self, dim=None, keepdim=False, unbiased=True):
+        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
+        ddof = 1 if unbiased else 0
+        std = _spread(self.data, dim, ddof, take_sqrt=True)
+        d = self.data.size // std.size - ddof
+        out = Tensor(std if keepdim else np.squeeze(std, axis=dim), _children=(self,),
+                     _op="std")
+
+        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)
+            self._accumulate(g.reshape(std.shape) * dev / (d * std))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
+            if isinstance(idx, tuple) else idx
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- shape: the same numbers, seen as a different shape (no copy, like torch's view) --
+    def view(self, *shape):
+        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
+        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
+        return out
+
+    reshape = view
+
+    def squeeze(self, dim):
+        """Drop dimension `dim` if its size is 1: (B, 1, C) -> (B, C). Also a view."""
+        if self.data.shape[dim] != 1:
+            return self
+        dim %= self.data.ndim
+        return self.view(*(n for i, n in enumerate(self.data.shape) if i != dim))
+    # -- new in stage 07: the ops of attention, each with its backward pass --
+    def transpose(self, dim0, dim1):
+        """Swap two dimensions (a view, as in torch): k.transpose(-2, -1) is every k^T."""
+        out = Tensor(np.swapaxes(self.data, dim0, dim1), _children=(self,), _op="transpose")
+        out._backward = lambda g: self._accumulate(np.swapaxes(g, dim0, dim1))
+        return out
+
+    def masked_fill(self, mask, value):
+        """`value` where mask is True, the tensor elsewhere: wei.masked_fill(tril == 0,
+        -inf) hides the future. The filled places pass no gradient back."""
+        mask = np.asarray(mask, dtype=bool)
+        out = Tensor(np.where(mask, np.asarray(value, dtype=self.data.dtype), self.data),
+                     _children=(self,), _op="masked_fill")
+        out._backward = lambda g: self._accumulate(g * ~mask)  # 0 where filled
+        return out
+
+    def softmax(self, dim=-1):
+        """F.softmax as ONE op: exp(x - max) / sum. The backward pass is the short
+        s * (g - sum(g * s)) (the softmax Jacobian diag(s) - s s^T applied to g)."""
+        x = self.data
+        e = np.exp(x - x.max(axis=dim, keepdims=True))  # no overflow; exp(-inf) = 0
+        s = e / e.sum(axis=dim, keepdims=True)
+        out = Tensor(s, _children=(self,), _op="softmax")
+        out._backward = lambda g: self._accumulate(
+            s * (g - (g * s).sum(axis=dim, keepdims=True)))
+        return out
+
+    def relu(self):
+        out = Tensor(np.maximum(self.data, 0), _children=(self,), _op="relu")
+        out._backward = lambda g: self._accumulate(g * (self.data > 0))  # 1 where x > 0
+        return out
+
+    def gelu(self):
+        """GELU, x * P(N(0,1) < x), in GPT-2's tanh approximation (torch's
+        GELU(approximate='tanh')): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+        x = self.data
+        c = math.sqrt(2 / math.pi)
+        t = np.tanh(c * (x + 0.044715 * x**3))
+        out = Tensor(0.5 * x * (1 + t), _children=(self,), _op="gelu")
+
+        def _backward(g):  # product rule; d tanh(u) = (1 - t^2) du
+            du = c * (1 + 3 * 0.044715 * x**2)
+            self._accumulate(g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du))
+        out._backward = _backward
+        return out
+
+    def dropout(self, p, generator=None):
+        """Inverted dropout, as torch's: keep each element with probability 1 - p and
+        scale the kept ones by 1 / (1 - p), so the expected value does not change and
+        evaluation (no dropout) needs no rescaling. The mask comes from `generator`."""
+        keep = rng.rand(*self.data.shape, generator=generator) < 1 - p  # bool: 1 byte
+        out = self.data * keep
+        out *= 1 / (1 - p)
+        out = Tensor(out, _children=(self,), _op="dropout")
+        out._backward = lambda g: self._accumulate(g * keep * (1 / (1 - p)))
+        return out
+
+    def split(self, split_size, dim=-1):
+        """torch's x.split(size, dim): consecutive pieces of `split_size` along `dim`;
+        q, k, v = qkv.split(C, dim=2). Each piece's gradient goes back to its place."""
+        dim %= self.data.ndim
+        n = self.data.shape[dim]
+        return [self._piece((slice(None),) * dim + (slice(i, min(i + split_size, n)),))
+                for i in range(0, n, split_size)]
+
+    def _piece(self, index):
+        out = Tensor(self.data[index], _children=(self,), _op="split")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            grad[index] = g
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- backpropagation --
+    def backward(self, keep_grads=True):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs. keep_grads=False drops each
+        op result's gradient (and what the op kept for its backward pass) as soon as it
+        has been passed on, as torch does: only the leaves (parameters) keep .grad,
+        and a big model's backward pass needs about half the memory."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None and node.grad is not None:
+                node._backward(node.grad)
+                if not keep_grads:
+                    node.grad = node._backward = None
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def cross_entropy(logits, targets):
+    """F.cross_entropy: the mean negative log likelihood of `targets` under
+    softmax(logits), as ONE op. Subtracting each row's max before exp() keeps exp() from
+    overflowing (softmax does not change when a constant is subtracted from a row), and
+    the backward pass is the short formula (softmax - one-hot(targets)) / N instead of a
+    chain of exp, sum, divide, index and log ops."""
+    x = logits.data                                       # (N, 27)
+    n = len(targets)
+    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
+    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logprobs = shifted - log_norm                         # (N, 27) log softmax
+    out = Tensor(-logprobs[np.arange(n), targets].mean(), _children=(logits,),
+                 _op="cross_entropy")
+
+    def _backward(g):
+        dlogits = np.exp(logprobs)                        # softmax
+        dlogits[np.arange(n), targets] -= 1               # minus one-hot
+        logits._accumulate(g * dlogits / n)
+    out._backward = _backward
+    return out
+
+
+def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
+    """BatchNorm as ONE op (F.batch_norm): every feature (the last dimension, D) of x is
+    shifted by a mean and divided by sqrt(var + eps), then scaled by `gain` and shifted by
+    `bias` (D,). Without `mean` and `var` (training) they are the batch's own, taken over
+    the dimensions `dims` ((0,) for (N, D) input, (0, 1) for (B, T, D)), the variance
+    unbiased as in the lecture, and a gradient flows through them; returns (out, mean,
+    var), the reduced dimensions kept as size 1 as the lecture's keepdim=True does, so the
+    caller can update its running estimates. Given `mean` and `var` (evaluation: the
+    running estimates), they are constants.
+
+    The backward pass is derived by hand (makemore part 4 does it on paper): with
+    xhat = (x - mean) / sqrt(var + eps), s = gain / sqrt(var + eps) and N values per
+    statistic,
+        dx = s / N * (N dout - sum(dout) - N / (N - 1) * xhat * sum(dout * xhat))
+    one formula instead of a chain of mean, subtract, var, add, sqrt, divide, multiply and
+    add ops, each with its own backward pass and intermediate arrays."""
+    training = mean is None
+    if training:
+        mean = x.data.mean(axis=dims, keepdims=True)          # (1, D) or (1, 1, D)
+        var = _spread(x.data, dims, ddof=1)                   # unbiased variance, same shape
+        n = x.data.size // mean.size                          # values per statistic
+    # divide by sqrt(var + eps) as the lecture's layer does (not multiply by its inverse),
+    # so that float32 results are the very same numbers
+    xhat = (x.data - mean) / np.sqrt(var + eps)               # x's shape
+    out = Tensor(gain.data * xhat + bias.data, _children=(x, gain, bias), _op="batch_norm")
+
+    def _backward(g):
+        gain._accumulate(g * xhat)  # summed over the batch by _accumulate
+        bias._accumulate(g)
+        s = gain.data / np.sqrt(var + eps)                    # (D,)
+        if training:  # the statistics depend on x too
+            dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
+                          - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))
+            x._accumulate(dx)
+        else:
+            x._accumulate(g * s)
+    out._backward = _backward
+    return out, mean, var
+
+
+# %% Engine: the dilated causal convolution (beyond the lecture)
+def conv1d(x, weight, dilation):
+    """A convolution with kernel size 2 along the time axis of x (B, T, C), channels last,
+    without padding: output t sees input positions t and t + dilation,
+        out[:, t] = cat(x[:, t], x[:, t + dilation]) @ weight      (B, T - dilation, N)
+    with weight (2C, N), the older position's C rows first. It is causal: output t only
+    looks back from input position t + dilation, never ahead. With dilation 1 it is
+    FlattenConsecutive(2) -> Linear computed at every position instead of every second
+    one; stacking dilations 1, 2, 4 gives each output a context of 8 characters (WaveNet,
+    van den Oord et al. 2016). As ONE op: one matmul forward, two backward."""
+    B, T, C = x.shape
+    assert 0 < dilation < T, f"dilation {dilation} needs more than {dilation} positions"
+    pairs = np.concatenate([x.data[:, :-dilation], x.data[:, dilation:]], axis=2)
+    out = Tensor(_matmul(pairs, weight.data), _children=(x, weight), _op="conv1d")
+
+    def _backward(g):  # g (B, T - dilation, N): the matmul's rules, then un-pair
+        if weight.requires_grad:
+            weight._accumulate(pairs.reshape(-1, 2 * C).T @ g.reshape(-1, g.shape[-1]))
+        if x.requires_grad:
+            dpairs = _matmul(g, weight.data.T)                # (B, T - dilation, 2C)
+            dx = np.zeros_like(x.data)
+            dx[:, :-dilation] += dpairs[:, :, :C]  # every position is the older half of
+            dx[:, dilation:] += dpairs[:, :, C:]   # one pair and the newer half of another
+            x._accumulate(dx)
+    out._backward = _backward
+    return out
+
+
+
+# %% Engine: new in stage 07
+def linear(x, weight, bias=None):
+    """F.linear, x @ weight + bias, as ONE op: the same numbers as the two ops, with one
+    result array instead of two (memory, and one pass less)."""
+    out = _matmul(x.data, weight.data)                   # (..., fan_out)
+    if bias is not None:
+        out += bias.data
+    children = (x, weight) if bias is None else (x, weight, bias)
+    out = Tensor(out, _children=children, _op="linear")
+
+    def _backward(g):
+        rows = g.reshape(-1, g.shape[-1])                 # (N, fan_out)
+        if x.requires_grad:
+            x._accumulate(_matmul(g, weight.data.T))
+        if weight.requires_grad:
+            weight._accumulate(x.data.reshape(-1, x.shape[-1]).T @ rows)
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(rows.sum(axis=0))
+    out._backward = _backward
+    return out
+
+
+def cat(tensors, dim=0):
+    """torch.cat: join tensors along `dim`; the gradient is cut back into the pieces."""
+    dim %= tensors[0].data.ndim
+    out = Tensor(np.concatenate([t.data for t in tensors], axis=dim),
+                 _children=tuple(tensors), _op="cat")
+
+    def _backward(g):
+        start = 0
+        for t in tensors:
+            stop = start + t.data.shape[dim]
+            t._accumulate(g[(slice(None),) * dim + (slice(start, stop),)])
+            start = stop
+    out._backward = _backward
+    return out
+
+
+def _row_sum(a):
+    """a.sum(axis=-1, keepdims=True), as a matrix-vector product with a vector of ones:
+    numpy's sum over many short rows is slow, BLAS's is 3-4x faster for these shapes."""
+    return (a.reshape(-1, a.shape[-1]) @ np.ones(a.shape[-1], dtype=a.dtype)).reshape(
+        *a.shape[:-1], 1)
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """F.layer_norm over the last dimension, as ONE op: every row of x is normalized to
+    mean 0 and variance 1 (the biased variance, as torch), then scaled by `weight` and
+    shifted by `bias` (bias may be None). Stage 05's batch-norm backward, by rows instead
+    of columns: dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std."""
+    C = x.shape[-1]
+    xc = x.data - _row_sum(x.data) / C                   # (..., C) centred
+    rstd = 1 / np.sqrt(_row_sum(xc * xc) / C + eps)      # (..., 1)
+    xhat = xc * rstd                                     # (..., C) normalized
+    out = xhat * weight.data
+    if bias is not None:
+        out += bias.data
+    children = (x, weight) if bias is None else (x, weight, bias)
+    out = Tensor(out, _children=children, _op="layer_norm")
+
+    def _backward(g):
+        if weight.requires_grad:
+            weight._accumulate((g * xhat).reshape(-1, C).sum(axis=0))
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(g.reshape(-1, C).sum(axis=0))
+        if x.requires_grad:
+            dxhat = g * weight.data
+            dx = xhat * (_row_sum(dxhat * xhat) / C)
+            dx += _row_sum(dxhat) / C
+            np.subtract(dxhat, dx, out=dx)
+            dx *= rstd
+            x._accumulate(dx)
+    out._backward = _backward
+    return out
+
+
+def scaled_dot_product_attention(q, k, v, dropout_p=0.0, generator=None):
+    """Causal self-attention of every head at once (torch's
+    F.scaled_dot_product_attention(q, k, v, is_causal=True)), as ONE op: the steps of the
+    lecture's Head (q @ k^T / sqrt(head_size), mask the future, softmax, dropout, @ v) on
+    (B, H, T, hs) arrays, with the backward pass written out, so no (B, H, T, T)
+    intermediate is kept but the attention weights themselves. Returns (out, weights)."""
+    T, hs = q.shape[-2], q.shape[-1]
+    qs = q.data * hs**-0.5                  # scaling q is cheaper than scaling q @ k^T
+    att = qs @ np.swapaxes(k.data, -1, -2)                 # (B, H, T, T) affinities
+    # softmax over each row. Subtracting the row's max only keeps exp() from overflowing
+    # (it does not change the result); numpy's max over short rows is slow, so it is
+    # skipped when no affinity is big enough to over- or underflow float32's exp()
+    big = not -60 < att.min() <= att.max() < 60
+    att += np.triu(np.full((T, T), -np.inf, dtype=att.dtype), 1)  # no looking ahead
+    if big:
+        att -= att.max(axis=-1, keepdims=True)
+    np.exp(att, out=att)                                   # in place: exp(-inf) = 0
+    att /= _row_sum(att)
+    weights = att
+    if dropout_p > 0:  # dropout on the weights, as the Head does
+        keep = rng.rand(*att.shape, generator=generator) < 1 - dropout_p
+        weights = att * keep
+        weights *= 1 / (1 - dropout_p)
+    out = Tensor(weights @ v.data, _children=(q, k, v), _op="attention")  # (B, H, T, hs)
+    del weights  # (recomputed in the backward pass: (B, H, T, T) floats are big)
+
+    def _backward(g):
+        weights = att
+        if dropout_p > 0:
+            weights = att * keep
+            weights *= 1 / (1 - dropout_p)
+        if v.requires_grad:
+            v._accumulate(np.swapaxes(weights, -1, -2) @ g)
+        datt = g @ np.swapaxes(v.data, -1, -2)               # (B, H, T, T)
+        if dropout_p > 0:
+            datt *= keep
+            datt *= 1 / (1 - dropout_p)
+        # softmax backward: att * (datt - sum(datt * att)); masked places have att = 0
+        datt -= _row_sum(datt * att)
+        datt *= att
+        if q.requires_grad:
+            dq = datt @ k.data
+            dq *= hs**-0.5
+            q._accumulate(dq)
+        if k.requires_grad:
+            k._accumulate(np.swapaxes(datt, -1, -2) @ qs)
+    out._backward = _backward
+    return out, att
+
+
+# %% Model: the self-attention trick
+def average_loop(x):
+    """The lecture's version 1: xbow[b, t] = mean of x[b, :t+1], with loops. Each token
+    sees the average of itself and the tokens before it: a (weak) summary of the past."""
+    B, T, C = x.shape
+    xbow = np.zeros_like(x)
+    for b in range(B):
+        for t in range(T):
+            xbow[b, t] = x[b, :t + 1].mean(axis=0)
+    return xbow
+
+
+def average_matmul(x):
+    """Version 2: the same averages as one matmul with a lower-triangular matrix whose
+    rows sum to 1: wei[t] = [1/(t+1)] * (t+1) followed by zeros."""
+    T = x.shape[1]
+    wei = np.tril(np.ones((T, T), dtype=x.dtype))
+    wei = wei / wei.sum(1, keepdims=True)
+    return wei @ x                                    # (T, T) @ (B, T, C) -> (B, T, C)
+
+
+def average_softmax(x):
+    """Version 3: the same matrix as a softmax of zeros with the future masked to -inf.
+    Self-attention keeps this form but makes the zeros data-dependent affinities."""
+    T = x.shape[1]
+    tril = np.tril(np.ones((T, T), dtype=x.dtype))
+    wei = Tensor(np.zeros((T, T), dtype=x.dtype)).masked_fill(tril == 0, float("-inf"))
+    return wei.softmax(dim=-1).data @ x
+
+
+# %% Model: layers
+class Module:
+    """The part of torch.nn.Module the lecture uses: `parameters()` collects the tensors
+    that need gradients from the attributes (layers, lists of layers), and
+    `train()` / `eval()` set the `training` flag everywhere (dropout acts only when
+    training)."""
+
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def children(self):
+        for value in vars(self).values():
+            for item in (value if isinstance(value, list) else [value]):
+                if isinstance(item, Module):
+                    yield item
+
+    def named_parameters(self, prefix=""):
+        """(name, tensor) pairs in the order the layers were made, named by attribute:
+        'blocks.layers.0.sa.heads.0.key.weight', ..."""
+        for name, value in vars(self).items():
+            items = [(f"{name}.{i}", v) for i, v in enumerate(value)] \
+                if isinstance(value, list) else [(name, value)]
+            for key, item in items:
+                if isinstance(item, Tensor) and item.requires_grad:
+                    yield prefix + key, item
+                elif isinstance(item, Module):
+                    yield from item.named_parameters(f"{prefix}{key}.")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def apply(self, fn):
+        """fn(module) for every module, children first (as torch's `apply`)."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+
+def normal_init(shape, std, generator):
+    """torch.nn.init.normal_(a tensor of this shape, 0, std), from `generator`. (torch
+    draws fewer than 16 values another way; then we keep the first of 16 draws.)"""
+    n = math.prod(shape)
+    return rng.normal(max(n, 16), 0.0, std, generator=generator)[:n].reshape(shape)
+
+
+class Linear(Module):
+    """nn.Linear: y = x @ weight + bias, with the weight stored (fan_in, fan_out) so that
+    x @ weight needs no transpose. Initialized as torch does, uniform in +-1/sqrt(fan_in),
+    drawn in torch's (fan_out, fan_in) layout and order, so a run seeded like the
+    lecture's starts from the same numbers."""
+
+    def __init__(self, fan_in, fan_out, bias=True, generator=None):
+        bound = 1 / math.sqrt(fan_in)
+        w = rng.uniform((fan_out, fan_in), -bound, bound, generator=generator)
+        self.weight = Tensor(np.ascontiguousarray(w.T), requires_grad=True)  # (in, out)
+        self.bias = Tensor(rng.uniform(fan_out, -bound, bound, generator=generator),
+                           requires_grad=True) if bias else None
+
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)   # (..., fan_in) -> (..., fan_out)
+
+
+class Embedding(Module):
+    """nn.Embedding: row `i` of the table is token i's vector; initialized N(0, 1)."""
+
+    def __init__(self, num_embeddings, embedding_dim, generator=None):
+        self.weight = Tensor(normal_init((num_embeddings, embedding_dim), 1.0, generator),
+                             requires_grad=True)
+
+    def forward(self, idx):
+        return self.weight[idx]                    # (B, T) -> (B, T, embedding_dim)
+
+
+class LayerNorm(Module):
+    """nn.LayerNorm: normalizes each token's vector (the fused `layer_norm`), then scales
+    and shifts it by trained weight (ones) and bias (zeros)."""
+
+    def __init__(self, dim, eps=1e-5):
+        self.eps = eps
+        self.weight = Tensor(np.ones(dim, dtype=np.float32), requires_grad=True)
+        self.bias = Tensor(np.zeros(dim, dtype=np.float32), requires_grad=True)
+
+    def forward(self, x):
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class Dropout(Module):
+    """nn.Dropout: while training, zero a random fraction p of the values (masks from
+    `generator`); in evaluation, pass everything through."""
+
+    def __init__(self, p, generator=None):
+        self.p, self.generator = p, generator
+
+    def forward(self, x):
+        return x.dropout(self.p, self.generator) if self.training and self.p > 0 else x
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return x.relu()
+
+
+class GELU(Module):
+    def forward(self, x):
+        return x.gelu()
+
+
+class Identity(Module):
+    """Passes its input through: stands in for a LayerNorm the early models lack."""
+
+    def forward(self, x):
+        return x
+
+
+class Sequential(Module):
+    """nn.Sequential: the layers applied one after the other."""
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+# %% Model: the transformer
+class Head(Module):
+    """one head of self-attention"""
+
+    keep_att = False  # keep the attention weights of the forward pass (for the figure)
+
+    def __init__(self, n_embd, head_size, block_size, dropout=0.0, generator=None):
+        self.head_size = head_size
+        self.key = Linear(n_embd, head_size, bias=False, generator=generator)
+        self.query = Linear(n_embd, head_size, bias=False, generator=generator)
+        self.value = Linear(n_embd, head_size, bias=False, generator=generator)
+        self.tril = np.tril(np.ones((block_size, block_size), dtype=np.float32))  # buffer
+        self.dropout = Dropout(dropout, generator)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        k = self.key(x)                                   # (B, T, hs) what I contain
+        q = self.query(x)                                 # (B, T, hs) what I look for
+        # affinities: (B, T, hs) @ (B, hs, T) -> (B, T, T). Scaled by 1/sqrt(head_size)
+        # so that for unit-variance q and k the scores have variance ~1 and the softmax
+        # stays diffuse at initialization instead of converging on one token.
+        wei = q @ k.transpose(-2, -1) * self.head_size**-0.5
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # no future
+        wei = wei.softmax(dim=-1)                         # (B, T, T) rows sum to 1
+        if self.keep_att:
+            self.att = wei.data
+        wei = self.dropout(wei)
+        v = self.value(x)                                 # (B, T, hs) what I tell
+        return wei @ v                                    # (B, T, T) @ (B, T, hs)
+
+
+class MultiHeadAttention(Module):
+    """multiple heads of self-attention in parallel"""
+
+    keep_att = False
+
+    def __init__(self, num_heads, head_size, n_embd, block_size, dropout=0.0,
+                 generator=None, proj=True, batched=True):
+        self.heads = [Head(n_embd, head_size, block_size, dropout, generator)
+                      for _ in range(num_heads)]
+        # the projection back into the residual stream (from the lecture's residual step)
+        self.proj = Linear(head_size * num_heads, n_embd, generator=generator) \
+            if proj else None
+        self.dropout = Dropout(dropout, generator)
+        self.batched = batched
+
+    def forward(self, x):
+        if self.batched:
+            out = self.forward_batched(x)
+        else:
+            out = cat([h(x) for h in self.heads], dim=-1)  # (B, T, num_heads * hs)
+        if self.proj is not None:
+            out = self.dropout(self.proj(out))
+        return out
+
+    def forward_batched(self, x):
+        """The same heads with the same weights, computed together: one matmul makes
+        every head's q, k and v, one fused op attends for all heads (tested equal)."""
+        B, T, C = x.shape
+        H, hs = len(self.heads), self.heads[0].head_size
+        W = cat([h.query.weight for h in self.heads] + [h.key.weight for h in self.heads]
+                + [h.value.weight for h in self.heads], dim=1)   # (C, 3 * H * hs)
+        q, k, v = (x @ W).split(H * hs, dim=2)                  # each (B, T, H * hs)
+        q = q.view(B, T, H, hs).transpose(1, 2)                  # (B, H, T, hs)
+        k = k.view(B, T, H, hs).transpose(1, 2)
+        v = v.view(B, T, H, hs).transpose(1, 2)
+        drop = self.heads[0].dropout
+        y, att = scaled_dot_product_attention(
+            q, k, v, drop.p if self.training else 0.0, drop.generator)  # (B, H, T, hs)
+        if self.keep_att:
+            self.att = att
+        return y.transpose(1, 2).reshape(B, T, H * hs)           # heads side by side
+
+    def attention_maps(self):
+        """Each head's attention weights from the last forward pass with keep_att set,
+        (T, T) each."""
+        if self.batched:
+            return list(self.att[0])
+        return [h.att[0] for h in self.heads]
+
+
+class FeedForward(Module):
+    """a simple linear layer followed by a non-linearity"""
+
+    def __init__(self, n_embd, dropout=0.0, generator=None, mult=4, proj=True,
+                 activation="relu"):
+        layers = [Linear(n_embd, mult * n_embd, generator=generator),
+                  GELU() if activation == "gelu" else ReLU()]
+        if proj:  # back into the residual stream (the lecture's residual step)
+            layers += [Linear(mult * n_embd, n_embd, generator=generator),
+                       Dropout(dropout, generator)]
+        self.net = Sequential(layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Block(Module):
+    """Transformer block: communication followed by computation"""
+
+    def __init__(self, cfg, generator=None):
+        head_size = cfg.n_embd // cfg.n_head
+        self.sa = MultiHeadAttention(cfg.n_head, head_size, cfg.n_embd, cfg.block_size,
+                                     cfg.dropout, generator,
+                                     batched=cfg.attention == "batched")
+        self.ffwd = FeedForward(cfg.n_embd, cfg.dropout, generator,
+                                activation=cfg.activation)
+        # the residual step has no LayerNorm yet; pre-norm from the layernorm step on
+        layernorm = MODELS.index(cfg.model) >= MODELS.index("layernorm")
+        self.ln1 = LayerNorm(cfg.n_embd) if layernorm else Identity()
+        self.ln2 = LayerNorm(cfg.n_embd) if layernorm else Identity()
+
+    def forward(self, x):
+        x = x + self.sa(self.ln1(x))       # residual: the block adds to x, so gradients
+        x = x + self.ffwd(self.ln2(x))     # flow straight through to the first layers
+        return x
+
+
+class LanguageModel(Module):
+    """What the bigram and the GPT share: sampling, one token at a time."""
+
+    block_size = 1  # the most tokens forward() looks at
+
+    def generate(self, idx, max_new_tokens, generator=None, temperature=1.0, top_k=0,
+                 on_token=None):
+        """Extend idx (B, T) by max_new_tokens tokens, each drawn from the softmax of the
+        last position's logits (with torch.multinomial's default, no replacement);
+        on_token(id) is called as each one comes (to stream it)."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.block_size:]        # crop to the context length
+            with no_grad():
+                logits, _ = self(idx_cond)
+            logits = logits.data[:, -1, :] / np.float32(temperature)  # (B, vocab)
+            if top_k:
+                kth = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1]), None]
+                logits = np.where(logits < kth, -np.inf, logits)
+            probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probs /= probs.sum(axis=-1, keepdims=True)  # F.softmax
+            idx_next = rng.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            idx = np.concatenate([idx, idx_next], axis=1)
+            if on_token is not None:
+                on_token(int(idx_next[0, 0]))
+        return idx
+
+
+class BigramLanguageModel(LanguageModel):
+    """The baseline: each token reads the logits of the next one straight off a row of
+    its embedding table; the tokens before it play no part."""
+
+    def __init__(self, vocab_size, generator=None):
+        self.vocab_size = vocab_size
+        self.token_embedding_table = Embedding(vocab_size, vocab_size, generator)
+
+    def forward(self, idx, targets=None):
+        logits = self.token_embedding_table(idx)         # (B, T, C=vocab_size)
+        if targets is None:
+            return logits, None
+        B, T, C = logits.shape
+        loss = cross_entropy(logits.view(B * T, C), targets.reshape(B * T))
+        return logits, loss
+
+
+class GPTLanguageModel(LanguageModel):
+    """The lecture's GPT, at any of its steps (cfg.model): token and position embeddings,
+    then self-attention (one head; several; then blocks with feed-forward, residual
+    connections, LayerNorm), then a linear map to the vocabulary's logits."""
+
+    def __init__(self, cfg, vocab_size, generator=None):
+        g, C = generator, cfg.n_embd
+        self.block_size, self.vocab_size = cfg.block_size, vocab_size
+        self.token_embedding_table = Embedding(vocab_size, C, g)
+        self.position_embedding_table = Embedding(cfg.block_size, C, g)
+        batched = cfg.attention == "batched"
+        if cfg.model == "single-head":
+            self.sa_head = Head(C, C, cfg.block_size, 0.0, g)  # one head, size n_embd
+        elif cfg.model in ("multi-head", "feed-forward"):
+            self.sa_heads = MultiHeadAttention(cfg.n_head, C // cfg.n_head, C,
+                                               cfg.block_size, 0.0, g, proj=False,
+                                               batched=batched)
+            if cfg.model == "feed-forward":  # think about what the heads gathered
+                self.ffwd = FeedForward(C, 0.0, g, mult=1, proj=False,
+                                        activation=cfg.activation)
+        else:
+            self.blocks = Sequential([Block(cfg, g) for _ in range(cfg.n_layer)])
+            self.ln_f = LayerNorm(C) if cfg.model != "residual" else Identity()
+        self.lm_head = Linear(C, vocab_size, generator=g)
+        if cfg.model == "gpt":  # gpt.py's initialization
+            self.apply(lambda m: self._init_weights(m, g))
+
+    @staticmethod
+    def _init_weights(module, g):
+        """Every Linear and Embedding weight drawn again from N(0, 0.02), biases zero:
+        small weights start the deep model near 'every token equally likely'."""
+        if isinstance(module, Linear):
+            fan_in, fan_out = module.weight.shape
+            module.weight.data = np.ascontiguousarray(normal_init((fan_out, fan_in), 0.02,
+                                                                  g).T)
+            if module.bias is not None:
+                module.bias.data = np.zeros_like(module.bias.data)
+        elif isinstance(module, Embedding):
+            module.weight.data = normal_init(module.weight.shape, 0.02, g)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        tok_emb = self.token_embedding_table(idx)                  # (B, T, C)
+        pos_emb = self.position_embedding_table(np.arange(T))      # (T, C)
+        x = tok_emb + pos_emb                                      # (B, T, C)
+        if hasattr(self, "sa_head"):
+            x = self.sa_head(x)                                    # (B, T, C)
+        elif hasattr(self, "sa_heads"):
+            x = self.sa_heads(x)                                   # (B, T, C)
+            if hasattr(self, "ffwd"):
+                x = self.ffwd(x)                                   # (B, T, C)
+        else:
+            x = self.ln_f(self.blocks(x))                          # (B, T, C)
+        logits = self.lm_head(x)                                   # (B, T, vocab_size)
+        if targets is None:
+            return logits, None
+        B, T, V = logits.shape
+        loss = cross_entropy(logits.view(B * T, V), targets.reshape(B * T))
+        return logits, loss
+
+    def attention_maps(self, idx):
+        """Per layer, each head's (T, T) attention weights on the passage idx (1, T)."""
+        def keep(on):
+            return lambda m: setattr(m, "keep_att", on) if isinstance(
+                m, (Head, MultiHeadAttention)) else None
+        self.apply(keep(True))
+        with no_grad():
+            self(idx)
+        self.apply(keep(False))
+        if hasattr(self, "sa_head"):
+            return [[self.sa_head.att[0]]]
+        if hasattr(self, "sa_heads"):
+            return [self.sa_heads.attention_maps()]
+        return [block.sa.attention_maps() for block in self.blocks.layers]
+
+
+def build_model(cfg, vocab_size, generator):
+    if cfg.model == "bigram":
+        return BigramLanguageModel(vocab_size, generator)
+    return GPTLanguageModel(cfg, vocab_size, generator)
+
+
+# %% Training
+def get_lr(cfg, it):
+    """nanoGPT's schedule: linear warmup over warmup_steps, then (cosine) a half cosine
+    from lr down to min_lr at the last step; (constant) lr throughout."""
+    if it < cfg.warmup_steps:
+        return cfg.lr * (it + 1) / (cfg.warmup_steps + 1)
+    if cfg.schedule == "constant" or cfg.steps <= cfg.warmup_steps:
+        return cfg.lr
+    decay_ratio = min(1.0, (it - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps))
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
+
+
+class AdamW:
+    """torch.optim.AdamW's algorithm, step for step: decoupled weight decay
+    p -= lr * wd * p first, then Adam: running means of the gradient (m) and of its square
+    (v), both corrected for starting at zero, and the update lr * m_hat / (sqrt(v_hat) +
+    eps). Weight decay applies to every parameter (torch's default) or, as nanoGPT does,
+    to the matrices only (not to biases and LayerNorm weights)."""
+
+    def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                 decay="all"):
+        self.names, self.params = zip(*named_params)
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.weight_decay = [weight_decay if decay == "all" or p.data.ndim >= 2 else 0.0
+                             for p in self.params]
+        self.m = [np.zeros_like(p.data) for p in self.params]
+        self.v = [np.zeros_like(p.data) for p in self.params]
+        self.t = 0  # steps taken, for the bias corrections
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self, lr=None):
+        lr = self.lr if lr is None else lr
+        beta1, beta2 = self.betas
+        self.t += 1
+        step_size = lr / (1 - beta1**self.t)              # lr / bias correction 1
+        bias_correction2_sqrt = math.sqrt(1 - beta2**self.t)
+        for p, m, v, wd in zip(self.params, self.m, self.v, self.weight_decay):
+            g = p.grad
+            if g is None:
+                continue
+            if wd:
+                p.data *= 1 - lr * wd                      # decoupled weight decay
+            m += (1 - beta1) * (g - m)                     # m = beta1 m + (1-beta1) g
+            v *= beta2
+            v += (1 - beta2) * g * g                       # v = beta2 v + (1-beta2) g^2
+            denom = np.sqrt(v)
+            denom /= bias_correction2_sqrt
+            denom += self.eps
+            p.data -= step_size * m / denom
+
+    def state(self):
+        """Arrays for a checkpoint."""
+        arrays = {"adam.t": np.array(self.t)}
+        for name, m, v in zip(self.names, self.m, self.v):
+            arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"] = m, v
+        return arrays
+
+    def load_state(self, arrays):
+        try:
+            self.t = int(arrays["adam.t"])
+            for name, m, v in zip(self.names, self.m, self.v):
+                m[...], v[...] = arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"]
+        except (KeyError, ValueError):
+            raise cli.UserError("the checkpoint's optimizer state does not match the "
+                                "model; train again to rewrite it") from None
+
+
+def clip_grad_norm_(params, max_norm):
+    """Scale all gradients down together if their global norm exceeds max_norm (a rare
+    huge gradient then cannot throw the weights far). Returns the norm before."""
+    total = math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel()))
+                          for p in params if p.grad is not None))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad = p.grad * np.asarray(coef, dtype=p.grad.dtype)
+    return total
+
+
+def estimate_loss(model, splits, cfg, g, max_logits=2**24):
+    """The lecture's estimate_loss: the mean loss over eval_iters random batches of each
+    split, without dropout and without recording a graph. The batches' offsets are drawn
+    exactly as eval_iters get_batch calls would draw them; several batches go through
+    the model at once (the same numbers, fewer, larger matmuls), as long as their logits
+    stay below max_logits numbers (64 MB)."""
+    out = {}
+    model.eval()
+    T, B = cfg.block_size, cfg.batch_size
+    per_chunk = max(1, max_logits // (B * T * model.vocab_size))  # batches per forward
+    for split in ("train", "val"):
+        d = splits[split]
+        X, Y = get_batch(d, T, B * cfg.eval_iters, g)  # (eval_iters * B, T)
+        losses = []
+        with no_grad():
+            for i in range(0, cfg.eval_iters, per_chunk):
+                rows = slice(i * B, min(i + per_chunk, cfg.eval_iters) * B)
+                logits, _ = model(X[rows])
+                V = logits.shape[-1]
+                for b in range(0, logits.shape[0], B):  # one loss per batch, as the lecture
+                    losses.append(cross_entropy(logits[b:b + B].view(-1, V),
+                                                Y[rows][b:b + B].reshape(-1)).item())
+        out[split] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+def save_checkpoint(path, cfg, model, optimizer, g, history, extra):
+    """The model, the optimizer's state and the generator's state (.npz), with the config
+    and progress (.json), so --resume continues exactly where the run was."""
+    arrays = {f"model.{name}": p.data for name, p in model.named_parameters()}
+    arrays.update(optimizer.state())
+    arrays["rng.state"] = g.get_state()
+    cli.save_checkpoint(path, arrays, dict(config=asdict(cfg), history=history, **extra))
+
+
+def load_checkpoint(path):
+    """(arrays, saved config dict, metadata) of a checkpoint; damaged files are a
+    one-line error."""
+    arrays, meta = cli.load_checkpoint(path)
+    try:
+        saved = Config(**meta["config"])
+        saved.check(resolved=True)
+        if not {"step", "best_val", "history"} <= set(meta) or not {
+                "rng.state", "adam.t"} <= set(arrays):
+            raise KeyError
+    except (KeyError, TypeError, AttributeError, cli.UserError):
+        raise cli.UserError(f"checkpoint {path} does not hold this stage's config; train "
+                            f"again to rewrite it") from None
+    return arrays, saved, meta
+
+
+def load_model_state(model, arrays, path):
+    for name, p in model.named_parameters():
+        a = arrays.get(f"model.{name}")
+        if a is None or a.shape != p.data.shape:
+            raise cli.UserError(f"checkpoint {path} does not match the model ({name}); "
+                                f"train again to rewrite it")
+        p.data = a.astype(np.float32)
+
+
+def train_step(model, optimizer, params, xb, yb, lr, grad_clip):
+    """One step: forward, backward, clip, update. Returns the loss as a number; the
+    graph (all the step's activations) is freed when the function returns."""
+    logits, loss = model(xb, yb)                        # forward
+    optimizer.zero_grad()
+    loss.backward(keep_grads=False)                     # backward (like torch's: only
+    if grad_clip:                                       # the parameters keep .grad)
+        clip_grad_norm_(params, grad_clip)
+    optimizer.step(lr)                                  # update
+    return loss.item()
+
+
+def train(cfg, model, optimizer, splits, g, out, tok_meta, state=None, quiet=False):
+    """The training loop: every eval_interval steps (and after the last) estimate the
+    losses and keep the best model on disk; every step, a batch, forward, backward,
+    gradient clipping, AdamW update at the scheduled learning rate."""
+    say = (lambda *a, **k: None) if quiet else print
+    state = state or dict(step=0, best_val=float("inf"),
+                          history=dict(step=[], loss=[], lr=[], eval=[]))
+    history, start = state["history"], state["step"]
+    params = model.parameters()
+    path = Path(out) / "ckpt.npz"
+    progress = cli.Progress(cfg.steps - start, every=max(1, cfg.eval_interval // 5),
+                            quiet=quiet)
+    step_seconds, saved = 0.0, None
+    for it in range(start, cfg.steps + 1):
+        if (it % cfg.eval_interval == 0 or it == cfg.steps) and \
+                not (it == start and history["eval"]):  # (a resumed run did this one)
+            losses = estimate_loss(model, splits, cfg, g)
+            bpc = losses["val"] * tok_meta["tokens_per_char"] / math.log(2)
+            history["eval"].append((it, losses["train"], losses["val"]))
+            say(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                f" ({bpc:.3f} bits per character)", flush=True)
+            if losses["val"] < state["best_val"]:
+                state["best_val"] = losses["val"]
+                if it > 0:  # keep the best model so far (and all it needs to resume)
+                    save_checkpoint(path, cfg, model, optimizer, g, history,
+                                    dict(tok_meta, step=it, best_val=losses["val"]))
+                    saved = it
+        if it == cfg.steps:
+            break
+        t0 = time.perf_counter()
+        lr = get_lr(cfg, it)
+        xb, yb = get_batch(splits["train"], cfg.block_size, cfg.batch_size, g)
+        loss = train_step(model, optimizer, params, xb, yb, lr, cfg.grad_clip)
+        step_seconds += time.perf_counter() - t0
+        history["step"].append(it)
+        history["loss"].append(cli.finite(loss))
+        history["lr"].append(lr)
+        progress.update(it - start, history["loss"][-1], lr)
+    steps_run = cfg.steps - start
+    return dict(state, history=history, saved=saved,
+                ms_per_step=1000 * step_seconds / steps_run if steps_run else float("nan"),
+                seconds=progress.elapsed)
+
+
+# %% Sampling
+def printer(tok, pieces):
+    """A generate() callback that prints each token's text as soon as it is drawn (a
+    byte-level token can end inside a character: those bytes wait for the rest)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def on_token(i):
+        text = decoder.decode(tok.decode_bytes([i]))
+        pieces.append(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return on_token
+
+
+def encode_prompt(tok, prompt):
+    """The prompt's token ids; an empty prompt is a newline (token 0 of the lecture's
+    vocabulary: its torch.zeros((1, 1)))."""
+    return list(tok.encode(prompt or "\n"))  # characters outside the vocabulary: error
+
+
+def sample(model, tok, cfg, g, ids, stream=True):
+    """Continue the token ids by max_new_tokens tokens; returns the generated text."""
+    idx = np.array([ids], dtype=np.int64)   # (1, T)
+    pieces = []
+    model.eval()
+    model.generate(idx, cfg.max_new_tokens, g, cfg.temperature, cfg.top_k,
+                   printer(tok, pieces) if stream else None)
+    model.train()
+    return "".join(pieces)
+
+
+def tokenizer_of(saved, meta, out):
+    """The tokenizer a checkpoint was trained with."""
+    try:
+        if saved.tokenizer == "char":
+            return CharTokenizer(meta["chars"])
+        if saved.tokenizer == "gpt2":
+            return bpe.gpt2()
+        return bpe.Tokenizer.load(Path(out) / meta["tokenizer_dir"])
+    except KeyError:
+        raise cli.UserError(f"checkpoint in {out} does not name its tokenizer; train again "
+                            f"to rewrite it") from None
+
+
+def sample_main(cfg):
+    """--sample: load the checkpoint in --out and stream a sample."""
+    path = Path(cfg.out) / "ckpt.npz"
+    arrays, saved, meta = load_checkpoint(path)
+    tok = tokenizer_of(saved, meta, cfg.out)
+    ids = encode_prompt(tok, cfg.prompt)
+    model = build_model(saved, tok.vocab_size, rng.Generator(saved.seed))
+    load_model_state(model, arrays, path)
+    print(f"[{path}: {saved.model} model, step {meta.get('step')}, val loss "
+          f"{meta.get('best_val', float('nan')):.4f}; temperature {cfg.temperature}, "
+          f"top-k {cfg.top_k or 'off'}, seed {cfg.seed}]", flush=True)
+    g = rng.Generator(cfg.seed)
+    sys.stdout.write(cfg.prompt)
+    start = time.perf_counter()
+    text = sample(model, tok, cfg, g, ids)
+    seconds = time.perf_counter() - start
+    print(f"\n[{cfg.max_new_tokens} tokens in {seconds:.1f}s: "
+          f"{cfg.max_new_tokens / max(seconds, 1e-9):.0f} tokens/s]")
+    return dict(config=asdict(saved), text=cfg.prompt + text, generated=text,
+                tokens_per_second=cfg.max_new_tokens / max(seconds, 1e-9))
+
+
+# %% Figures
+def plot_losses(history, path, title):
+    """Training loss of every step (thin) and the estimated train / val losses."""
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(history["step"], history["loss"], lw=0.4, alpha=0.4, color="C0",
+            label="training batch")
+    if history["eval"]:
+        steps, tr, va = zip(*history["eval"])
+        ax.plot(steps, tr, "o-", color="C0", label="train (estimated)")
+        ax.plot(steps, va, "o-", color="C1", label="val (estimated)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    cli.save_figure(fig, path)
+
+
+def plot_lr(cfg, path):
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    steps = np.arange(max(cfg.steps, 1))
+    ax.plot(steps, [get_lr(cfg, int(i)) for i in steps])
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{cfg.warmup_steps} warmup steps, then cosine decay from {cfg.lr:g} to "
+                 f"{cfg.min_lr:g}" if cfg.schedule == "cosine" else
+                 f"{cfg.warmup_steps} warmup steps, then constant {cfg.lr:g}")
+    ax.grid(alpha=0.3)
+    cli.save_figure(fig, path)
+
+
+def token_labels(tok, ids):
+    return [tok.decode([i]).replace("\n", "\\n") for i in ids]
+
+
+def plot_attention(model, tok, ids, path):
+    """Every head's attention weights on one passage: row t is what token t attends to
+    among tokens 0..t (lower-triangular: no head can look ahead)."""
+    model.eval()
+    maps = model.attention_maps(np.array([ids], dtype=np.int64))  # [layer][head] (T, T)
+    model.train()
+    rows, cols = len(maps), max(len(m) for m in maps)
+    plt = cli.pyplot()
+    from matplotlib.colors import PowerNorm
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 0.5, 3.2 * rows + 0.5),
+                             squeeze=False, layout="constrained")
+    labels = token_labels(tok, ids)
+    for r, layer in enumerate(maps):
+        for c in range(cols):
+            ax = axes[r][c]
+            if c >= len(layer):
+                ax.axis("off")
+                continue
+            # square-root colour scale: the many small weights stay visible
+            ax.imshow(layer[c], cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=1))
+            ax.set_title(f"layer {r + 1}, head {c + 1}" if rows > 1 or cols > 1 else
+                         "the head", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if len(ids) <= 64 and c == 0:  # the passage's tokens along the outer edges
+                ax.set_yticks(range(len(ids)), labels, fontsize=4)
+            if len(ids) <= 64 and r == rows - 1:
+                ax.set_xticks(range(len(ids)), labels, fontsize=4, rotation=90)
+    fig.suptitle(f"attention weights on {tok.decode(ids)[:60]!r}...\nrow: a token; "
+                 f"colour: how much it attends to each token up to itself (square-root "
+                 f"scale)",
+                 fontsize=10)
+    cli.save_figure(fig, path)
+
+
+def attention_passage(val_data, tok, block_size):
+    """The first block_size tokens of the validation text after its first blank line
+    (the start of a speech)."""
+    text = tok.decode(val_data[:4 * block_size + 200].tolist())
+    start = text.find("\n\n") + 2 if "\n\n" in text else 0
+    ids = list(tok.encode(text[start:]))[:block_size]
+    return ids if len(ids) == block_size else val_data[:block_size].tolist()
+
+
+# %% Main
+def show_attention_trick(seed):
+    """The lecture's toy example: x = randn(4, 8, 2); the loop, the matmul and the masked
+    softmax give the same averages of the past."""
+    x = rng.randn(4, 8, 2, generator=rng.Generator(seed))  # (B, T, C)
+    a, b, c = average_loop(x), average_matmul(x), average_softmax(x)
+    same = bool(np.allclose(a, b, atol=1e-6) and np.allclose(a, c, atol=1e-6))
+    print(f"self-attention's trick: averaging the past with loops, with a lower-triangular "
+          f"matmul and with a masked softmax agree: {same}")
+    return same
+
+
+def show_untrained_bigram(train_data, tok, seed):
+    """The lecture notebook's first bigram model: a 4 x 8 batch drawn after
+    torch.manual_seed(1337), a model made after seeding 1337 again, its loss (the
+    notebook's 4.8786; a uniform guess would give -ln(1/65) = 4.17) and 100 characters it
+    samples before training (noise)."""
+    xb, yb = get_batch(train_data, 8, 4, rng.Generator(seed))
+    g = rng.Generator(seed)
+    m = BigramLanguageModel(tok.vocab_size, g)
+    _, loss = m(xb, yb)
+    idx = m.generate(np.zeros((1, 1), dtype=np.int64), 100, g)
+    text = tok.decode(idx[0].tolist())
+    print(f"untrained bigram model: loss {loss.item():.4f} on a first batch of 4 x 8; "
+          f"it samples {text[:40]!r}...")
+    return loss.item(), text
+
+
+def resume_config(cfg, argv):
+    """The checkpoint's config, with the training flags given now (e.g. more --steps);
+    the model and tokenizer cannot change."""
+    path = Path(cfg.out) / "ckpt.npz"
+    arrays, saved, meta = load_checkpoint(path)
+    given = given_fields(argv)
+    for name in ARCHITECTURE:
+        if name in given and getattr(cfg, name) != getattr(saved, name):
+            raise cli.UserError(f"{_flag(name)} cannot change when resuming (the "
+                                f"checkpoint has {getattr(saved, name)})")
+    keep = given - set(ARCHITECTURE) | {"resume", "out"}
+    cfg = replace(saved, **{k: getattr(cfg, k) for k in keep})
+    cfg.check(resolved=True)
+    cli.check(cfg.steps > meta["step"], f"the checkpoint is at step {meta['step']}: give "
+                                        f"--steps beyond it to train on")
+    return cfg, arrays, meta
+
+
+def describe(cfg, n_params):
+    """One line about the model."""
+    if cfg.model == "bigram":
+        shape = "a vocab_size x vocab_size table of next-token logits"
+    elif cfg.model in ("single-head", "multi-head", "feed-forward"):
+        heads = "one head" if cfg.model == "single-head" else f"{cfg.n_head} heads"
+        shape = f"{heads}, n_embd {cfg.n_embd}, block size {cfg.block_size}"
+    else:
+        shape = (f"{cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, block "
+                 f"size {cfg.block_size}, {cfg.activation}, dropout {cfg.dropout}")
+    return f"{cfg.model} model ({shape}): {n_params:,} parameters ({n_params / 1e6:g} M)"
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = cli.parse_config(Config, argv, __doc__, prog="07_gpt/train.py")
+    cfg = with_presets(cfg, argv)
+    cfg.check(resolved=True)
+    cli.keep_freed_memory()  # big arrays every step: keep their memory for the next one
+    if cfg.sample:
+        return sample_main(cfg)
+    arrays = meta = None
+    if cfg.resume:
+        cfg, arrays, meta = resume_config(cfg, argv)
+    out = cli.out_dir(cfg.out)
+
+    text = data.load_shakespeare()
+    tok = get_tokenizer(cfg, text, text[:int(0.9 * len(text))], out)
+    splits, chars = load_splits(tok, text)
+    cli.check(cfg.block_size < len(splits["val"]),
+              f"--block-size {cfg.block_size} is too large: the validation split has only "
+              f"{len(splits['val']):,} tokens")
+    prompt_ids = encode_prompt(tok, cfg.prompt)  # a bad prompt fails now, not at the end
+    tok_meta = dict(tokens_per_char=len(splits["val"]) / chars["val"])
+    if cfg.tokenizer == "char":
+        tok_meta["chars"] = tok.chars
+    elif cfg.tokenizer == "bpe":
+        tok_meta["tokenizer_dir"] = f"bpe{cfg.vocab_size}"
+    print(f"tiny Shakespeare: {len(text):,} characters; {cfg.tokenizer} tokenizer, "
+          f"{tok.vocab_size:,} tokens; train {len(splits['train']):,} / val "
+          f"{len(splits['val']):,} tokens ({tok_meta['tokens_per_char']:.3f} per "
+          f"character)")
+
+    result = {}
+    if cfg.model == "bigram" and cfg.tokenizer == "char" and not cfg.resume:
+        result["untrained_loss"], result["untrained_sample"] = show_untrained_bigram(
+            splits["train"], tok, cfg.seed)
+    elif cfg.model != "gpt":
+        result["trick_equal"] = show_attention_trick(cfg.seed)
+
+    g = rng.manual_seed(cfg.seed)  # torch.manual_seed: init, batches, dropout, sampling
+    model = build_model(cfg, tok.vocab_size, g)
+    n_params = sum(p.data.size for p in model.parameters())
+    print(describe(cfg, n_params))
+    optimizer = AdamW(model.named_parameters(), cfg.lr, betas=(0.9, cfg.beta2),
+                      weight_decay=cfg.weight_decay, decay=cfg.decay)
+    state = None
+    if cfg.resume:
+        load_model_state(model, arrays, Path(out) / "ckpt.npz")
+        optimizer.load_state(arrays)
+        g.set_state(arrays["rng.state"])
+        history = dict(meta["history"], eval=[tuple(e) for e in meta["history"]["eval"]])
+        state = dict(step=meta["step"], best_val=meta["best_val"], history=history)
+        print(f"resuming at step {state['step']} (val loss {state['best_val']:.4f})")
+    if cfg.preset == "lecture":
+        print("the lecture's full model takes about a day on a CPU (measured: 15.5 s per "
+              "step and half an hour per loss estimate on one core; the lecture used a "
+              "GPU). The progress line shows the time left; --eval-iters 20 shortens the "
+              "estimates; Ctrl-C stops, the best checkpoint stays, --resume continues")
+    schedule = f"{cfg.warmup_steps} warmup steps, cosine decay to {cfg.min_lr:g}" \
+        if cfg.schedule == "cosine" else "constant"
+    decayed = "the matrices" if cfg.decay == "matrices" else "all parameters"
+    print(f"training {cfg.steps:,} steps of {cfg.batch_size} x {cfg.block_size} tokens: "
+          f"AdamW lr {cfg.lr:g} ({schedule}), betas (0.9, {cfg.beta2}), weight decay "
+          f"{cfg.weight_decay:g} on {decayed}, gradient clipping {cfg.grad_clip or 'off'}; "
+          f"losses from {cfg.eval_iters} batches per split")
+    res = train(cfg, model, optimizer, splits, g, out, tok_meta, state)
+    history = res["history"]
+    last_step, train_loss, val_loss = history["eval"][-1]
+    bpc = val_loss * tok_meta["tokens_per_char"] / math.log(2)
+    ckpt = f"best checkpoint (step {res['saved']}) in {out / 'ckpt.npz'}" \
+        if res["saved"] is not None else "no checkpoint written (val loss never improved)"
+    print(f"after {last_step:,} steps: train loss {train_loss:.4f}, val loss "
+          f"{val_loss:.4f} ({bpc:.3f} bits per character); {res['ms_per_step']:.1f} ms per "
+          f"training step, {cli.fmt_duration(res['seconds'])} in all; {ckpt}")
+
+    print(f"\n== Sample ({cfg.max_new_tokens} tokens)")
+    sys.stdout.write(cfg.prompt)
+    text_out = sample(model, tok, cfg, g, prompt_ids)  # the generator goes on, as in gpt.py
+    print()
+    files = [str(out / "ckpt.npz")] if res["saved"] is not None else []
+    if cfg.plots:
+        plot_losses(history, out / "loss.png", f"{cfg.model} model, {cfg.tokenizer} tokens")
+        plot_lr(cfg, out / "lr.png")
+        files += [str(out / "loss.png"), str(out / "lr.png")]
+        if cfg.model != "bigram":
+            passage = attention_passage(splits["val"], tok, cfg.block_size)
+            plot_attention(model, tok, passage, out / "attention.png")
+            files.append(str(out / "attention.png"))
+    cli.write_text(out / "sample.txt", cfg.prompt + text_out + "\n")
+    files.append(str(out / "sample.txt"))
+    print(f"\nwrote {', '.join(files)}")
+    return dict(result, config=asdict(cfg), n_params=n_params, evals=history["eval"],
+                lossi=history["loss"], train=train_loss, val=val_loss, bpc=bpc,
+                best_val=res["best_val"], saved_step=res["saved"],
+                ms_per_step=res["ms_per_step"], seconds=res["seconds"], sample=text_out,
+                files=files)
+
+
+if __name__ == "__main__":
+    cli.run(main)
