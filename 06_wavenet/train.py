@@ -900,19 +900,19 @@ def show_eval_mode_pitfall(model, block_size):
 
 # %% Sampling
 def sample_names(model, cfg, n, itos):
-    """The lecture's sampling: start from a context of '.', draw the next character from
-    the softmax with torch.multinomial's default sampling (without replacement) on the
-    global generator (continuing after training's draws), slide the context, stop at
-    '.'. The model must be in evaluation mode; the convolutional model gives (1, 1, 27)
-    logits for one context, the others (1, 27)."""
+    """Sample n names: start from a context of '.', draw the next character from the
+    softmax with torch.multinomial's default sampling (without replacement), slide the
+    context, stop at '.'. `model` maps contexts (1, block_size) to logits (1, 27) in
+    evaluation mode (the convolutional model to (1, 1, 27)). The draws come from the
+    global generator, continuing after training's, as in the lecture."""
     names = []
     for _ in range(n):
         out, context = [], [0] * cfg.block_size
         while True:
             with no_grad():
-                logits = model(np.array([context])).data.reshape(1, -1)   # (1, 27)
-                probs = logits - logits.max()
-                probs = np.exp(probs) / np.exp(probs).sum()              # softmax
+                logits = model(np.array([context])).view(1, -1)     # (1, 27)
+                probs = logits.data - logits.data.max()
+                probs = np.exp(probs) / np.exp(probs).sum()         # softmax
             ix = int(rng.multinomial(probs[0], num_samples=1)[0])
             context = context[1:] + [ix]
             out.append(itos[ix])

@@ -3,8 +3,8 @@ its dilated convolutions, the full default run against the lecture's printed num
 the lecture's performance log (five runs of 200,000 steps).
 
     python tests/benchmarks/bench_wavenet.py                     # threads, throughput,
-                                                                 # default run (~10 min)
-    python tests/benchmarks/bench_wavenet.py threads throughput  # a few minutes
+                                                                 # evaluation, default run
+    python tests/benchmarks/bench_wavenet.py threads throughput evaluation  # minutes
     python tests/benchmarks/bench_wavenet.py log --jobs 2        # the performance log
     python tests/benchmarks/bench_wavenet.py conv                # --conv, 200,000 steps
 
@@ -14,11 +14,13 @@ shared with other work the CPU time is what the run itself cost.
 """
 
 import argparse
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -97,6 +99,36 @@ def throughput():
               f"{r['chars_per_cpu_s']:,.0f} |")
 
 
+def evaluation():
+    """The whole training split in evaluation mode: 182,625 contexts one by one, or
+    25,626 names in one pass each (untrained weights: the speed does not depend on
+    them). In this process, with one BLAS thread."""
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy's import (by the stage)
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("wavenet", ROOT / "06_wavenet/train.py")
+    stage = importlib.util.module_from_spec(spec)
+    sys.modules["wavenet"] = stage
+    spec.loader.exec_module(stage)
+    words = stage.data.load_names()
+    (Xtr, Ytr), _, _ = stage.data.makemore_splits(8)
+    names = stage.name_rows(stage.data.split_words(words)[0], 8,
+                            stage.data.names_vocab(words)[0])
+    model = stage.build_model(stage.Config(), stage.rng.Generator(42))
+    stage.set_training(model, False)
+    conv = stage.wavenet(model)
+    print("== Evaluating the training split (182,625 characters), best of 3")
+    for label, fn in [("hierarchical", lambda: stage.split_loss(model, Xtr, Ytr)),
+                      ("convolutions", lambda: stage.split_loss_names(conv, names))]:
+        best = min(cpu_time(fn) for _ in range(3))
+        print(f"  {label}: {best:.2f}s of CPU, {len(Ytr) / best:,.0f} characters/s")
+
+
+def cpu_time(fn):
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
 def default():
     print("== The default run: 200,000 steps (the lecture's model)")
     r = run([])
@@ -132,13 +164,16 @@ def conv():
 
 
 if __name__ == "__main__":
-    parts = dict(threads=threads, throughput=throughput, default=default, log=log,
-                 conv=conv)
+    parts = dict(threads=threads, throughput=throughput, evaluation=evaluation,
+                 default=default, log=log, conv=conv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("parts", nargs="*", choices=sorted(parts),
-                        default=["threads", "throughput", "default"])
+    parser.add_argument("parts", nargs="*", metavar="PART",
+                        help=f"any of {', '.join(parts)} (default: all but log and conv)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="performance-log runs at once (the machine's cores)")
     args = parser.parse_args()
-    for part in args.parts:
+    unknown = sorted(set(args.parts) - set(parts))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}")
+    for part in args.parts or ["threads", "throughput", "evaluation", "default"]:
         parts[part](args.jobs) if part == "log" else parts[part]()
