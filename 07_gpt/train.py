@@ -1678,7 +1678,7 @@ def describe(cfg, n_params):
     else:
         shape = (f"{cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, block "
                  f"size {cfg.block_size}, {cfg.activation}, dropout {cfg.dropout}")
-    return f"{cfg.model} model ({shape}): {n_params:,} parameters ({n_params / 1e6:g} M)"
+    return f"{cfg.model} model ({shape}): {n_params:,} parameters ({n_params / 1e6} M)"
 
 
 def main(argv=None) -> dict:
