@@ -15,7 +15,7 @@ and gelu, dropout, and fused softmax, layer norm and attention with their backwa
     python 07_gpt/train.py --model bigram           # the lecture's steps, one by one:
     python 07_gpt/train.py --model single-head      #   single-head, multi-head,
     python 07_gpt/train.py --model residual         #   feed-forward, residual, layernorm
-    python 07_gpt/train.py --preset lecture         # the lecture's 10.8M model (hours)
+    python 07_gpt/train.py --preset lecture         # the lecture's 10.8M model (a day)
     python 07_gpt/train.py --tokenizer bpe --vocab-size 512
 
 Measured on the course's 2-core machine, one BLAS thread (tests/benchmarks/bench_gpt.py):
