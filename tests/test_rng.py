@@ -424,7 +424,7 @@ def test_multiply_add_is_rounded_once():
     (lambda g: g.set_state(np.zeros(10, np.uint32)), "625"),
     (lambda g: rng.rand(3, generator=np.random.default_rng()), "rng.Generator"),
 ])
-def test_bad_input_is_a_clear_value_error(call, message):
+def test_bad_input_is_refused_with_a_clear_message(call, message):
     with pytest.raises(ValueError, match=message) as info:
         call(rng.Generator(0))
     assert isinstance(info.value, cli.UserError)
