@@ -38,27 +38,24 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+# to import common/: from the repository root, or (in a notebook, which has no __file__)
+# from the folder above the stage's, where the notebook runs
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+sys.path.insert(0, str(ROOT))
 from common import cli  # noqa: E402
 
 
 # %% Config
 @dataclass
 class Config:
-    steps: int = cli.arg(100, "gradient-descent steps (each one on all the points)")
-    seed: int = cli.arg(1337, "seed of numpy's and Python's generators (the demo's 1337)")
-    samples: int = cli.arg(100, "points in the moons dataset")
-    noise: float = cli.arg(0.1, "standard deviation of the noise added to the points")
+    steps: int = cli.arg(100, "gradient-descent steps (each one on all the points)", min=1)
+    seed: int = cli.arg(1337, "seed of numpy's and Python's generators (the demo's 1337)",
+                        min=0, max=2**32 - 1)
+    samples: int = cli.arg(100, "points in the moons dataset (one moon each half)",
+                           min=2, max=100_000)
+    noise: float = cli.arg(0.1, "standard deviation of the noise added to the points", min=0)
     out: str = cli.arg("out/01_micrograd", "output folder for figures and graph.dot")
     plots: bool = cli.arg(True, "write the PNG figures")
-
-    def check(self):
-        cli.check(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
-        cli.check(0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}")
-        cli.check(self.samples >= 2, f"--samples must be >= 2 (one per moon), got "
-                                     f"{self.samples}")
-        cli.check(math.isfinite(self.noise) and self.noise >= 0,
-                  f"--noise must be a number >= 0, got {self.noise}")
 
 
 # %% Data
@@ -668,7 +665,7 @@ def lecture_examples():
 def main(argv=None) -> dict:
     """Run the lecture's examples and the moons demo; write the figures and graph.dot.
     Returns the printed numbers (losses, accuracies, parameter count, timings, files)."""
-    cfg = cli.parse_config(Config, argv, __doc__)
+    cfg = cli.parse_config(Config, argv, __doc__, prog="01_micrograd/train.py")
     out = cli.out_dir(cfg.out)  # fail now on an unusable folder, not after training
 
     print("== The lecture's worked examples")

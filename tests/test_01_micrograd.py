@@ -367,7 +367,7 @@ def test_unusable_output_folder_is_a_one_line_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     result = run_script("01_micrograd/train.py", "--out", str(blocker / "out"))
-    assert "cannot create output folder" in assert_one_line_error(result)
+    assert "cannot write into output folder" in assert_one_line_error(result)
     assert "step 0" not in result.stdout  # it stops before training
 
 
