@@ -18,34 +18,37 @@ What it prints (measured; the lecture prints the same):
 # %% Imports
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+# One BLAS thread: the matrices here are small, and on a busy 2-core machine a second
+# thread mostly waits for the other core (tests/benchmarks/README.md has the measurements).
+# Must precede numpy's import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+# to import common/: from the repository root, or (in a notebook, which has no __file__)
+# from the folder above the stage's, where the notebook runs
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+sys.path.insert(0, str(ROOT))
 from common import cli, data, rng  # noqa: E402
 
 
 # %% Config
 @dataclass
 class Config:
-    steps: int = cli.arg(300, "gradient-descent steps of the neural bigram")
-    lr: float = cli.arg(50.0, "learning rate (the lecture's 50: the model is tiny)")
-    reg: float = cli.arg(0.01, "weight of the (W**2).mean() regularization")
-    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)")
-    samples: int = cli.arg(5, "names to sample from each model")
+    steps: int = cli.arg(300, "gradient-descent steps of the neural bigram", min=0)
+    lr: float = cli.arg(50.0, "learning rate (the lecture's 50: the model is tiny)",
+                        min=1e-9, max=1e6)
+    reg: float = cli.arg(0.01, "weight of the (W**2).mean() regularization", min=0, max=1e6)
+    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)",
+                        min=0, max=2**64 - 1)
+    samples: int = cli.arg(5, "names to sample from each model", min=0, max=10_000)
     out: str = cli.arg("out/02_bigram", "output folder for figures")
     plots: bool = cli.arg(True, "write figures")
-
-    def check(self):
-        cli.check(self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
-        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        cli.check(self.reg >= 0, f"--reg must be >= 0, got {self.reg}")
-        cli.check(self.samples >= 0, f"--samples must be >= 0, got {self.samples}")
-        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
 
 
 # %% Data
@@ -69,212 +72,6 @@ def top_bigrams(words, k=10):
         for bigram in zip(chs, chs[1:]):
             b[bigram] = b.get(bigram, 0) + 1
     return sorted(b.items(), key=lambda kv: -kv[1])[:k]
-
-
-# %% Engine
-class no_grad:
-    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
-
-    enabled = True  # is the graph being recorded?
-
-    def __enter__(self):
-        self.prev, no_grad.enabled = no_grad.enabled, False
-
-    def __exit__(self, *exc):
-        no_grad.enabled = self.prev
-
-
-def _unbroadcast(grad, shape):
-    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
-    broadcasting added in front, and those it stretched from size 1."""
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
-    return grad.sum(axis=axes, keepdims=True).reshape(shape)
-
-
-class Tensor:
-    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
-    the scalar replaced by an array. Each op computes its result with numpy and stores a
-    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
-
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
-
-    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
-        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
-                                  and data.dtype.kind == "f"):
-            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
-        self.data = np.asarray(data, dtype=dtype)
-        self.grad = None
-        # an op's result needs a gradient if any input does (and we are recording)
-        self.requires_grad = requires_grad or (
-            no_grad.enabled and any(c.requires_grad for c in _children))
-        self._prev = _children if self.requires_grad else ()
-        self._backward = None
-        self._op = _op
-
-    def _accumulate(self, grad):
-        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
-        because a tensor used twice receives a gradient from each use."""
-        if not self.requires_grad:
-            return
-        grad = _unbroadcast(grad, self.data.shape)
-        self.grad = grad if self.grad is None else self.grad + grad
-
-    def _wrap(self, other):
-        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
-
-    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
-    def __add__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
-
-        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
-            self._accumulate(g)
-            other._accumulate(g)
-        out._backward = _backward
-        return out
-
-    def __mul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
-
-        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
-            self._accumulate(g * other.data)
-            other._accumulate(g * self.data)
-        out._backward = _backward
-        return out
-
-    def __truediv__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
-
-        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
-            self._accumulate(g / other.data)
-            other._accumulate(-g * self.data / other.data**2)
-        out._backward = _backward
-        return out
-
-    def __pow__(self, k):
-        assert isinstance(k, (int, float)), "only a number exponent is supported"
-        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
-
-        def _backward(g):  # d(a**k)/da = k * a**(k-1)
-            self._accumulate(g * k * self.data ** (k - 1))
-        out._backward = _backward
-        return out
-
-    def __matmul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data @ other.data, _children=(self, other), _op="@")
-
-        def _backward(g):  # (N, K) @ (K, M): dA = g @ B.T, dB = A.T @ g
-            self._accumulate(g @ other.data.T)
-            other._accumulate(self.data.T @ g)
-        out._backward = _backward
-        return out
-
-    def __neg__(self):
-        return self * -1.0
-
-    def __sub__(self, other):
-        return self + (-self._wrap(other))
-
-    def __radd__(self, other):  # 1 + a
-        return self + other
-
-    def __rsub__(self, other):  # 1 - a
-        return self._wrap(other) - self
-
-    def __rmul__(self, other):  # 2 * a
-        return self * other
-
-    def __rtruediv__(self, other):  # 1 / a
-        return self._wrap(other) / self
-
-    # -- elementwise functions --
-    def exp(self):
-        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
-        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
-        return out
-
-    def log(self):
-        out = Tensor(np.log(self.data), _children=(self,), _op="log")
-        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
-        return out
-
-    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
-    def sum(self, dim=None, keepdim=False):
-        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
-            self._accumulate(np.broadcast_to(g, self.data.shape))
-        out._backward = _backward
-        return out
-
-    def mean(self, dim=None, keepdim=False):
-        n = self.data.size if dim is None else self.data.shape[dim]
-        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
-                     _op="mean")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)
-            self._accumulate(np.broadcast_to(g / n, self.data.shape))
-        out._backward = _backward
-        return out
-
-    # -- indexing: probs[arange(n), ys] picks one probability per row --
-    def __getitem__(self, idx):
-        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
-            if isinstance(idx, tuple) else idx
-        out = Tensor(self.data[idx], _children=(self,), _op="[]")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
-            self._accumulate(grad)
-        out._backward = _backward
-        return out
-
-    # -- backpropagation --
-    def backward(self):
-        """Fill .grad of every tensor this one depends on. The graph is ordered
-        topologically with an explicit stack (no recursion limit), then each op's
-        _backward runs from the output back to the inputs."""
-        topo, visited, stack = [], set(), [(self, False)]
-        while stack:
-            node, children_done = stack.pop()
-            if children_done:
-                topo.append(node)  # after everything it depends on
-            elif id(node) not in visited:
-                visited.add(id(node))
-                stack.append((node, True))
-                stack.extend((child, False) for child in node._prev)
-        self.grad = np.ones_like(self.data)  # d self / d self = 1
-        for node in reversed(topo):
-            if node._backward is not None and node.grad is not None:
-                node._backward(node.grad)
-
-    # -- conveniences --
-    @property
-    def shape(self):
-        return self.data.shape
-
-    def item(self):
-        return self.data.item()
-
-    def __repr__(self):
-        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
-
-
-def one_hot(ix, num_classes):
-    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
-    return np.eye(num_classes, dtype=np.float32)[ix]
 
 
 # %% Model
@@ -323,7 +120,7 @@ def train_neural_bigram(cfg, xs, ys, quiet=False):
         W.grad = None                                   # zero the gradient
         loss.backward()                                 # backward pass
         W.data += -cfg.lr * W.grad                      # update
-        losses.append(cli.finite(loss.item()))
+        losses.append(loss.item())
         progress.update(k, losses[-1], cfg.lr)
     with no_grad():
         final = neural_bigram_loss(W, xenc, ys, cfg.reg).item()
@@ -331,14 +128,15 @@ def train_neural_bigram(cfg, xs, ys, quiet=False):
 
 
 # %% Sampling
-def sample_names(next_probs, n, seed, itos):
+def sample_names(next_probs, n, seed, itos, max_len=100):
     """Sample `n` names: start at '.', draw the next character from next_probs(ix) with
-    torch.multinomial's sampling (with replacement), stop at the next '.'."""
+    torch.multinomial's sampling (with replacement), stop at the next '.' (or after
+    max_len characters: a badly trained model may never draw the '.')."""
     g = rng.Generator(seed)
     names = []
     for _ in range(n):
         out, ix = [], 0
-        while True:
+        while len(out) < max_len:
             p = next_probs(ix)
             ix = int(rng.multinomial(p, num_samples=1, replacement=True, generator=g)[0])
             out.append(itos[ix])
@@ -414,6 +212,7 @@ def walkthrough_emma(W, stoi, itos):
 
 def main(argv=None) -> dict:
     cfg = cli.parse_config(Config, argv, __doc__, prog="02_bigram/train.py")
+    out = cli.out_dir(cfg.out)  # fail now on an unusable folder, not after training
     cli.keep_freed_memory()  # full-batch arrays are big: reuse their memory each step
     words = data.load_names()
     stoi, itos = data.names_vocab(words)
@@ -458,7 +257,6 @@ def main(argv=None) -> dict:
 
     files = []
     if cfg.plots:
-        out = cli.out_dir(cfg.out)
         plot_counts(N, itos, out / "counts.png")
         plot_one_hot(one_hot(bigram_pairs(["emma"], stoi)[0], 27), out / "one_hot.png")
         plot_loss(losses, nll, out / "loss.png")
@@ -468,6 +266,258 @@ def main(argv=None) -> dict:
                 top=top, nll_unsmoothed=nll_raw, nll_smoothed=nll, nll_andrejq=nll_q,
                 counting_samples=counted_names, emma_nll=emma_nll, losses=losses,
                 final_loss=final, neural_samples=neural_names, seconds=seconds, files=files)
+
+
+# %% Engine
+# Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
+# file like a library; each stage carries it forward unchanged and appends what its
+# lecture needs in a cell of its own ("Engine: new in stage NN").
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _matmul(a, b):
+    """a @ b; a stack of matrices times one matrix, (B, T, C) @ (C, N), as ONE
+    (B*T, C) @ (C, N) matmul: numpy would multiply the B small matrices one by one."""
+    if b.ndim == 2 < a.ndim:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    return a @ b
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs. A
+    closure holds the op's inputs and the arrays it needs, never its own result, so the
+    graph has no reference cycles and each step's memory is freed as soon as it ends."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_retain",
+                 "__weakref__")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None:
+            array = np.asarray(data)
+            if array.dtype.kind in "iu":
+                dtype = np.int64  # integers stay integers, as in torch.tensor([1, 2])
+            elif array.dtype.kind != "b" and not (
+                    isinstance(data, (np.ndarray, np.generic)) and array.dtype.kind == "f"):
+                dtype = np.float32  # like torch: float32 unless asked (tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+        self._retain = False
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        a, b = self.data, other.data
+        out = Tensor(_matmul(a, b), _children=(self, other), _op="@")
+
+        def _backward(g):  # A @ B: dA = g @ B^T, dB = A^T @ g, on the last two dims
+            a2 = a[None] if a.ndim == 1 else a            # a vector is a (1, K) row,
+            b2 = b[:, None] if b.ndim == 1 else b         # or a (K, 1) column
+            g2 = g[..., None] if b.ndim == 1 else g
+            g2 = g2[..., None, :] if a.ndim == 1 else g2
+            if self.requires_grad:
+                da = _matmul(g2, np.swapaxes(b2, -1, -2))
+                self._accumulate(da[..., 0, :] if a.ndim == 1 else da)
+            if other.requires_grad:
+                if b2.ndim == 2 < a2.ndim:  # (B, T, K) @ (K, M): dB sums over all B*T rows
+                    db = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+                else:
+                    db = np.swapaxes(a2, -1, -2) @ g2
+                other._accumulate(db[..., 0] if b.ndim == 1 else db)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        e = np.exp(self.data)
+        out = Tensor(e, _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * e)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        m = self.data.mean(axis=dim, keepdims=keepdim)
+        n = self.data.size // max(np.size(m), 1)  # how many numbers each mean averages
+        out = Tensor(m, _children=(self,), _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        if isinstance(idx, tuple):
+            idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+        elif isinstance(idx, Tensor):
+            idx = idx.data
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- backpropagation --
+    def backward(self):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs. As in torch, the graph is
+        freed on the way: once an op has passed its gradient on, it lets go of its
+        inputs and saved arrays, and an intermediate result drops its .grad (only the
+        leaves, such as parameters, keep theirs, and tensors asked to retain_grad())."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None:
+                if node.grad is not None:
+                    node._backward(node.grad)
+                node._backward, node._prev = None, ()
+                if not node._retain:
+                    node.grad = None
+
+    def retain_grad(self):
+        """Keep this intermediate result's .grad after backward(), as torch's does."""
+        self._retain = True
+        return self
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def one_hot(ix, num_classes):
+    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
+    return np.eye(num_classes, dtype=np.float32)[ix]
 
 
 if __name__ == "__main__":

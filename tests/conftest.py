@@ -58,3 +58,41 @@ def assert_one_line_error(result):
 def tmp_out(tmp_path):
     """An output folder for a stage run inside the test's temporary directory."""
     return str(tmp_path / "out")
+
+
+def graph_refs(t):
+    """Weak references to every op result in the graph that made `t`, and to their arrays
+    (not to the leaves: parameters and inputs live on)."""
+    import weakref
+    refs, seen, stack = [], set(), [t]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node._op:
+            refs += [weakref.ref(node), weakref.ref(node.data)]
+        stack.extend(node._prev)
+    return refs
+
+
+def assert_steps_leave_nothing(forward, step, n=3):
+    """Run n training steps (`forward()` returns the loss, `step(loss)` does backward and
+    the update) with Python's cycle collector switched off, and check that nothing of a
+    step's graph (its tensors and arrays, parameters aside) outlives it: memory is freed
+    by reference counting alone, as soon as a step ends."""
+    import gc
+    gc.collect()
+    gc.disable()
+    try:
+        kept = []
+        for _ in range(n):
+            loss = forward()
+            refs = graph_refs(loss)
+            step(loss)
+            del loss
+            kept.append([r for r in refs if r() is not None])
+        alive = [r() for refs in kept for r in refs if r() is not None]
+        assert alive == [], f"{len(alive)} objects of earlier steps are still alive"
+    finally:
+        gc.enable()

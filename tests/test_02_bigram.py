@@ -120,3 +120,20 @@ def test_figures_are_written(tmp_out):
 @pytest.mark.parametrize("args", [["--steps", "-3"], ["--lr", "0"], ["--bogus"]])
 def test_bad_input_is_one_line(args):
     assert_one_line_error(run_script("02_bigram/train.py", *args))
+
+
+def test_a_training_step_frees_its_graph():
+    """No reference cycles: each step's tensors and arrays are gone when it ends."""
+    from conftest import assert_steps_leave_nothing
+    s = stage
+    words = s.data.load_names()
+    xs, ys = s.bigram_pairs(words[:500], s.data.names_vocab(words)[0])
+    W = s.Tensor(np.random.default_rng(0).standard_normal((27, 27)).astype(np.float32),
+                 requires_grad=True)
+    xenc = s.one_hot(xs, 27)
+
+    def step(loss):
+        W.grad = None
+        loss.backward()
+        W.data += -50 * W.grad
+    assert_steps_leave_nothing(lambda: s.neural_bigram_loss(W, xenc, ys, 0.01), step)
