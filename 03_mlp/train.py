@@ -3,8 +3,10 @@
 Follows "Building makemore Part 2: MLP" (makemore part 2). New over stage 02: the model
 sees the previous `block_size` characters instead of one; each character is looked up in a
 learned embedding table `C`, the embeddings are concatenated and go through a tanh hidden
-layer; the loss is the fused `cross_entropy`; training uses minibatches, a learning-rate
-finder and a learning-rate decay; and the data is split into train / dev / test.
+layer; the loss is `cross_entropy`, built from the engine's ops with the lecture's
+max-subtraction; training uses minibatches, a learning-rate finder and a learning-rate
+decay; and the data is split into train / dev / test. The engine gains tanh, view and
+cross_entropy.
 
     python 03_mlp/train.py                            # the lecture's final model
     python 03_mlp/train.py --n-embd 2 --n-hidden 100  # 2-D embeddings, for the picture
@@ -27,39 +29,36 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Tiny matrices (32 x 30 @ 30 x 200) gain nothing from a second BLAS thread (measured:
-# tests/benchmarks/bench_mlp.py), so leave the other core free. Must precede numpy's import.
+# One BLAS thread: the matrices here are small, and on a busy 2-core machine a second
+# thread mostly waits for the other core (tests/benchmarks/README.md has the measurements).
+# Must precede numpy's import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+# to import common/: from the repository root, or (in a notebook, which has no __file__)
+# from the folder above the stage's, where the notebook runs
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+sys.path.insert(0, str(ROOT))
 from common import cli, data, rng  # noqa: E402
 
 
 # %% Config
 @dataclass
 class Config:
-    block_size: int = cli.arg(3, "context length: how many characters predict the next")
-    n_embd: int = cli.arg(10, "dimensions of each character's embedding")
-    n_hidden: int = cli.arg(200, "neurons in the hidden tanh layer")
-    steps: int = cli.arg(200_000, "training steps (minibatches)")
-    batch_size: int = cli.arg(32, "examples per minibatch")
-    lr: float = cli.arg(0.1, "learning rate")
-    lr_decay_step: int = cli.arg(100_000, "from this step on the learning rate is lr / 10")
-    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)")
-    samples: int = cli.arg(20, "names to sample after training")
+    block_size: int = cli.arg(3, "context length: how many characters predict the next",
+                              min=1, max=32)
+    n_embd: int = cli.arg(10, "dimensions of each character's embedding", min=1, max=1000)
+    n_hidden: int = cli.arg(200, "neurons in the hidden tanh layer", min=1, max=10_000)
+    steps: int = cli.arg(200_000, "training steps (minibatches)", min=0)
+    batch_size: int = cli.arg(32, "examples per minibatch", min=1, max=100_000)
+    lr: float = cli.arg(0.1, "learning rate", min=1e-9, max=1e6)
+    lr_decay_step: int = cli.arg(100_000, "from this step on the learning rate is lr / 10",
+                                 min=0)
+    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)",
+                        min=0, max=2**64 - 1)
+    samples: int = cli.arg(20, "names to sample after training", min=0, max=10_000)
     out: str = cli.arg("out/03_mlp", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
-
-    def check(self):
-        cli.check(self.block_size >= 1, f"--block-size must be >= 1, got {self.block_size}")
-        cli.check(self.n_embd >= 1, f"--n-embd must be >= 1, got {self.n_embd}")
-        cli.check(self.n_hidden >= 1, f"--n-hidden must be >= 1, got {self.n_hidden}")
-        cli.check(self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
-        cli.check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        cli.check(self.samples >= 0, f"--samples must be >= 0, got {self.samples}")
-        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
 
 
 # %% Data
@@ -67,247 +66,6 @@ def show_examples(X, Y, itos, n=5):
     """The lecture's view of the dataset: `... ---> e`, `..e ---> m`, ..."""
     for x, y in zip(X[:n], Y[:n]):
         print("  " + "".join(itos[i] for i in x), "--->", itos[y])
-
-
-# %% Engine
-class no_grad:
-    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
-
-    enabled = True  # is the graph being recorded?
-
-    def __enter__(self):
-        self.prev, no_grad.enabled = no_grad.enabled, False
-
-    def __exit__(self, *exc):
-        no_grad.enabled = self.prev
-
-
-def _unbroadcast(grad, shape):
-    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
-    broadcasting added in front, and those it stretched from size 1."""
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
-    return grad.sum(axis=axes, keepdims=True).reshape(shape)
-
-
-class Tensor:
-    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
-    the scalar replaced by an array. Each op computes its result with numpy and stores a
-    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
-
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
-
-    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
-        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
-                                  and data.dtype.kind == "f"):
-            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
-        self.data = np.asarray(data, dtype=dtype)
-        self.grad = None
-        # an op's result needs a gradient if any input does (and we are recording)
-        self.requires_grad = requires_grad or (
-            no_grad.enabled and any(c.requires_grad for c in _children))
-        self._prev = _children if self.requires_grad else ()
-        self._backward = None
-        self._op = _op
-
-    def _accumulate(self, grad):
-        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
-        because a tensor used twice receives a gradient from each use."""
-        if not self.requires_grad:
-            return
-        grad = _unbroadcast(grad, self.data.shape)
-        self.grad = grad if self.grad is None else self.grad + grad
-
-    def _wrap(self, other):
-        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
-
-    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
-    def __add__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
-
-        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
-            self._accumulate(g)
-            other._accumulate(g)
-        out._backward = _backward
-        return out
-
-    def __mul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
-
-        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
-            self._accumulate(g * other.data)
-            other._accumulate(g * self.data)
-        out._backward = _backward
-        return out
-
-    def __truediv__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
-
-        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
-            self._accumulate(g / other.data)
-            other._accumulate(-g * self.data / other.data**2)
-        out._backward = _backward
-        return out
-
-    def __pow__(self, k):
-        assert isinstance(k, (int, float)), "only a number exponent is supported"
-        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
-
-        def _backward(g):  # d(a**k)/da = k * a**(k-1)
-            self._accumulate(g * k * self.data ** (k - 1))
-        out._backward = _backward
-        return out
-
-    def __matmul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data @ other.data, _children=(self, other), _op="@")
-
-        def _backward(g):  # (N, K) @ (K, M): dA = g @ B.T, dB = A.T @ g
-            self._accumulate(g @ other.data.T)
-            other._accumulate(self.data.T @ g)
-        out._backward = _backward
-        return out
-
-    def __neg__(self):
-        return self * -1.0
-
-    def __sub__(self, other):
-        return self + (-self._wrap(other))
-
-    def __radd__(self, other):  # 1 + a
-        return self + other
-
-    def __rsub__(self, other):  # 1 - a
-        return self._wrap(other) - self
-
-    def __rmul__(self, other):  # 2 * a
-        return self * other
-
-    def __rtruediv__(self, other):  # 1 / a
-        return self._wrap(other) / self
-
-    # -- elementwise functions --
-    def exp(self):
-        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
-        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
-        return out
-
-    def log(self):
-        out = Tensor(np.log(self.data), _children=(self,), _op="log")
-        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
-        return out
-
-    def tanh(self):
-        out = Tensor(np.tanh(self.data), _children=(self,), _op="tanh")
-        out._backward = lambda g: self._accumulate(g * (1 - out.data**2))  # 1 - tanh**2
-        return out
-
-    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
-    def sum(self, dim=None, keepdim=False):
-        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
-            self._accumulate(np.broadcast_to(g, self.data.shape))
-        out._backward = _backward
-        return out
-
-    def mean(self, dim=None, keepdim=False):
-        n = self.data.size if dim is None else self.data.shape[dim]
-        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
-                     _op="mean")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)
-            self._accumulate(np.broadcast_to(g / n, self.data.shape))
-        out._backward = _backward
-        return out
-
-    # -- indexing: probs[arange(n), ys] picks one probability per row --
-    def __getitem__(self, idx):
-        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
-            if isinstance(idx, tuple) else idx
-        out = Tensor(self.data[idx], _children=(self,), _op="[]")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
-            self._accumulate(grad)
-        out._backward = _backward
-        return out
-
-    # -- shape: the same numbers, seen as a different shape (no copy, like torch's view) --
-    def view(self, *shape):
-        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
-        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
-        return out
-
-    reshape = view
-
-    # -- backpropagation --
-    def backward(self):
-        """Fill .grad of every tensor this one depends on. The graph is ordered
-        topologically with an explicit stack (no recursion limit), then each op's
-        _backward runs from the output back to the inputs."""
-        topo, visited, stack = [], set(), [(self, False)]
-        while stack:
-            node, children_done = stack.pop()
-            if children_done:
-                topo.append(node)  # after everything it depends on
-            elif id(node) not in visited:
-                visited.add(id(node))
-                stack.append((node, True))
-                stack.extend((child, False) for child in node._prev)
-        self.grad = np.ones_like(self.data)  # d self / d self = 1
-        for node in reversed(topo):
-            if node._backward is not None and node.grad is not None:
-                node._backward(node.grad)
-
-    # -- conveniences --
-    @property
-    def shape(self):
-        return self.data.shape
-
-    def item(self):
-        return self.data.item()
-
-    def __repr__(self):
-        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
-
-
-def one_hot(ix, num_classes):
-    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
-    return np.eye(num_classes, dtype=np.float32)[ix]
-
-
-def cross_entropy(logits, targets):
-    """F.cross_entropy: the mean negative log likelihood of `targets` under
-    softmax(logits), as ONE op. Subtracting each row's max before exp() keeps exp() from
-    overflowing (softmax does not change when a constant is subtracted from a row), and
-    the backward pass is the short formula (softmax - one_hot(targets)) / N instead of a
-    chain of exp, sum, divide, index and log ops."""
-    x = logits.data                                       # (N, 27)
-    n = len(targets)
-    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
-    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    logprobs = shifted - log_norm                         # (N, 27) log softmax
-    out = Tensor(-logprobs[np.arange(n), targets].mean(), _children=(logits,),
-                 _op="cross_entropy")
-
-    def _backward(g):
-        dlogits = np.exp(logprobs)                        # softmax
-        dlogits[np.arange(n), targets] -= 1               # minus one-hot
-        logits._accumulate(g * dlogits / n)
-    out._backward = _backward
-    return out
 
 
 # %% Model
@@ -368,7 +126,7 @@ def train(cfg, params, Xtr, Ytr, g, quiet=False):
     for i in range(cfg.steps):
         ix = rng.randint(0, Xtr.shape[0], (cfg.batch_size,), generator=g)  # (32,)
         lr = learning_rate(cfg, i)
-        loss = cli.finite(sgd_step(params, Xtr[ix], Ytr[ix], lr))
+        loss = sgd_step(params, Xtr[ix], Ytr[ix], lr)
         lossi.append(loss)
         progress.update(i, loss, lr)
     return lossi
@@ -397,16 +155,24 @@ def find_learning_rate(cfg, Xtr, Ytr, steps=1000):
     return lre, np.array(losses)
 
 
+def save_model(path, params, cfg):
+    """The parameters and the config, in one file (common/cli.py: written atomically)."""
+    names = ("C", "W1", "b1", "W2", "b2")
+    cli.save_checkpoint(path, {n: p.data for n, p in zip(names, params)},
+                        dict(config=asdict(cfg)))
+
+
 # %% Sampling
-def sample_names(params, cfg, n, itos):
+def sample_names(params, cfg, n, itos, max_len=100):
     """Sample n names: start from a context of '.', draw the next character from the
     softmax with torch.multinomial's default sampling (without replacement), slide the
-    context, stop at '.'. The generator is seeded seed + 10, as in the lecture."""
+    context, stop at '.' (or after max_len characters: a badly trained model may never
+    draw the '.'). The generator is seeded seed + 10, as in the lecture."""
     g = rng.Generator(cfg.seed + 10)
     names = []
     for _ in range(n):
         out, context = [], [0] * cfg.block_size
-        while True:
+        while len(out) < max_len:
             with no_grad():
                 logits = forward(params, np.array([context]))      # (1, 27)
                 probs = logits.data - logits.data.max()
@@ -473,18 +239,20 @@ def show_lookup_equivalence(C):
 
 
 def show_overflow():
-    """Why cross_entropy is fused: logits of 100 overflow exp() in float32."""
+    """Why cross_entropy subtracts each row's max: logits of 100 overflow exp() in
+    float32, and the written-out softmax + NLL becomes nan."""
     logits = Tensor(np.array([[-5.0, -3.0, 0.0, 100.0]], dtype=np.float32))
     with np.errstate(over="ignore", invalid="ignore"):
         manual = manual_loss(logits, np.array([3])).item()
     fused = cross_entropy(logits, np.array([3])).item() + 0.0  # no "-0.0"
     print(f"  logits [-5, -3, 0, 100], target 3: manual softmax+NLL {manual}, "
-          f"fused cross_entropy {fused:.4f}")
+          f"cross_entropy {fused:.4f}")
     return manual, fused
 
 
 def main(argv=None) -> dict:
     cfg = cli.parse_config(Config, argv, __doc__, prog="03_mlp/train.py")
+    out = cli.out_dir(cfg.out)  # fail now on an unusable folder, not after training
     words = data.load_names()
     stoi, itos = data.names_vocab(words)
     (Xtr, Ytr), (Xdev, Ydev), (Xte, Yte) = data.makemore_splits(cfg.block_size)
@@ -506,7 +274,12 @@ def main(argv=None) -> dict:
     print(f"\n== Training {cfg.steps} steps, lr {cfg.lr} then {cfg.lr / 10} "
           f"from step {cfg.lr_decay_step}")
     start = time.perf_counter()
-    lossi = train(cfg, params, Xtr, Ytr, g)
+    try:
+        lossi = train(cfg, params, Xtr, Ytr, g)
+    except KeyboardInterrupt:  # Ctrl-C: keep the model trained so far
+        save_model(out / "model.npz", params, cfg)
+        print(f"\nthe model trained so far is in {out / 'model.npz'}")
+        raise
     seconds = time.perf_counter() - start
     splits = {"train": (Xtr, Ytr), "val": (Xdev, Ydev), "test": (Xte, Yte)}
     final = {name: evaluate(params, X, Y) for name, (X, Y) in splits.items()}
@@ -515,9 +288,7 @@ def main(argv=None) -> dict:
     names = sample_names(params, cfg, cfg.samples, itos)
     print("\n== Samples\n  " + " ".join(names))
 
-    out = cli.out_dir(cfg.out)
-    cli.save_checkpoint(out / "model.npz", {n: p.data for n, p in
-                        zip(("C", "W1", "b1", "W2", "b2"), params)}, asdict(cfg))
+    save_model(out / "model.npz", params, cfg)
     files = [str(out / "model.npz")]
     if cfg.plots:
         plot_lr_finder(lre, lr_losses, out / "lr_finder.png")
@@ -529,6 +300,286 @@ def main(argv=None) -> dict:
                 n_params=n_params, lookup_equivalent=lookup_ok, manual_overflow=manual,
                 fused_large_logits=fused, overfit_loss=overfit, lr_finder=(lre, lr_losses),
                 lossi=lossi, **final, samples=names, seconds=seconds, files=files)
+
+
+# %% Engine
+# Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
+# file like a library; each stage carries it forward unchanged and appends what its
+# lecture needs in a cell of its own ("Engine: new in stage NN").
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _matmul(a, b):
+    """a @ b; a stack of matrices times one matrix, (B, T, C) @ (C, N), as ONE
+    (B*T, C) @ (C, N) matmul: numpy would multiply the B small matrices one by one."""
+    if b.ndim == 2 < a.ndim:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    return a @ b
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs. A
+    closure holds the op's inputs and the arrays it needs, never its own result, so the
+    graph has no reference cycles and each step's memory is freed as soon as it ends."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_retain",
+                 "__weakref__")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None:
+            array = np.asarray(data)
+            if array.dtype.kind in "iu":
+                dtype = np.int64  # integers stay integers, as in torch.tensor([1, 2])
+            elif array.dtype.kind != "b" and not (
+                    isinstance(data, (np.ndarray, np.generic)) and array.dtype.kind == "f"):
+                dtype = np.float32  # like torch: float32 unless asked (tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+        self._retain = False
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        a, b = self.data, other.data
+        out = Tensor(_matmul(a, b), _children=(self, other), _op="@")
+
+        def _backward(g):  # A @ B: dA = g @ B^T, dB = A^T @ g, on the last two dims
+            a2 = a[None] if a.ndim == 1 else a            # a vector is a (1, K) row,
+            b2 = b[:, None] if b.ndim == 1 else b         # or a (K, 1) column
+            g2 = g[..., None] if b.ndim == 1 else g
+            g2 = g2[..., None, :] if a.ndim == 1 else g2
+            if self.requires_grad:
+                da = _matmul(g2, np.swapaxes(b2, -1, -2))
+                self._accumulate(da[..., 0, :] if a.ndim == 1 else da)
+            if other.requires_grad:
+                if b2.ndim == 2 < a2.ndim:  # (B, T, K) @ (K, M): dB sums over all B*T rows
+                    db = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+                else:
+                    db = np.swapaxes(a2, -1, -2) @ g2
+                other._accumulate(db[..., 0] if b.ndim == 1 else db)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        e = np.exp(self.data)
+        out = Tensor(e, _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * e)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        m = self.data.mean(axis=dim, keepdims=keepdim)
+        n = self.data.size // max(np.size(m), 1)  # how many numbers each mean averages
+        out = Tensor(m, _children=(self,), _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        if isinstance(idx, tuple):
+            idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+        elif isinstance(idx, Tensor):
+            idx = idx.data
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- new in stage 03: the hidden layer's tanh, and view to concatenate embeddings --
+    def tanh(self):
+        t = np.tanh(self.data)
+        out = Tensor(t, _children=(self,), _op="tanh")
+        out._backward = lambda g: self._accumulate(g * (1 - t**2))  # 1 - tanh**2
+        return out
+
+    def view(self, *shape):
+        """The same numbers seen as a different shape (no copy, like torch's view)."""
+        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
+        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
+        return out
+
+    reshape = view
+
+    # -- backpropagation --
+    def backward(self):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs. As in torch, the graph is
+        freed on the way: once an op has passed its gradient on, it lets go of its
+        inputs and saved arrays, and an intermediate result drops its .grad (only the
+        leaves, such as parameters, keep theirs, and tensors asked to retain_grad())."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None:
+                if node.grad is not None:
+                    node._backward(node.grad)
+                node._backward, node._prev = None, ()
+                if not node._retain:
+                    node.grad = None
+
+    def retain_grad(self):
+        """Keep this intermediate result's .grad after backward(), as torch's does."""
+        self._retain = True
+        return self
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def one_hot(ix, num_classes):
+    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
+    return np.eye(num_classes, dtype=np.float32)[ix]
+
+
+# %% Engine: new in stage 03
+def cross_entropy(logits, targets):
+    """F.cross_entropy(logits, targets): the mean negative log likelihood of `targets`
+    under softmax(logits), built from the ops above. Subtracting each row's largest logit
+    first changes nothing mathematically (softmax(x - c) = softmax(x)) but keeps exp()
+    from overflowing; the max is taken as a constant, since the result does not depend
+    on it. Then log softmax = shifted - log(sum(exp(shifted))), which never takes log(0)."""
+    n = len(targets)
+    shifted = logits - Tensor(logits.data.max(axis=1, keepdims=True))  # (N, 27), max 0
+    logprobs = shifted - shifted.exp().sum(1, keepdim=True).log()       # (N, 27)
+    return -logprobs[np.arange(n), targets].mean()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ How PyTorch turns its bit stream into numbers (each recipe is reproduced below):
 - randn:       n >= 16 values: n float32 uniforms first, then Box-Muller on blocks of 16
                (the first 8 give the radius, the last 8 the angle); if n is not a multiple
                of 16, 16 fresh uniforms replace the last 16 values and are transformed again.
+               n < 16 values: one value at a time, in double: Box-Muller on two uniform
+               doubles u1, u2 gives r cos t, and r sin t is kept in the generator as the
+               next value (even for a later call); then rounded to float32.
 - randint:     low + w % (high - low), one word per value (two for ranges of 2**32 or more).
 - multinomial: with replacement, a float32 cumulative sum and one uniform double per sample;
                without replacement, p / q with q ~ Exp(1) per category, and the largest wins.
@@ -43,6 +46,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+from fractions import Fraction
 
 import numpy as np
 
@@ -95,14 +99,20 @@ def _size(size) -> tuple:
     return _shape((size,))
 
 
-def _float32(x, name: str) -> np.float32:
+def _number(x, name: str) -> float:
+    """A finite real argument, as a Python float (a C++ double)."""
     try:
         value = float(x)
     except (TypeError, ValueError):
         raise RandomError(f"{name} must be a number, got {x!r}") from None
     if not math.isfinite(value):
         raise RandomError(f"{name} must be finite, got {value}")
-    return np.float32(value)
+    return value
+
+
+def _float32(x, name: str) -> np.float32:
+    """A finite real argument, as a float32 (a C++ float)."""
+    return np.float32(_number(x, name))
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,6 +125,7 @@ class Generator:
 
     def __init__(self, seed: int = DEFAULT_SEED):
         self._bits = np.random.MT19937()  # its state is replaced by manual_seed
+        self._next_normal = None  # r sin t kept for the next value of a small randn, or None
         self.manual_seed(seed)
 
     # --- seeding and state -------------------------------------------------------------
@@ -130,6 +141,7 @@ class Generator:
         # pos = 624: the whole state is twisted before the first word, as in init_genrand.
         self._bits.state = {"bit_generator": "MT19937",
                             "state": {"key": init_genrand(self._seed), "pos": _N}}
+        self._next_normal = None  # torch forgets a kept normal value when reseeded
         return self
 
     def seed(self) -> int:
@@ -143,19 +155,30 @@ class Generator:
         return self._seed
 
     def get_state(self) -> np.ndarray:
-        """The full state (624 twister words and the read position) as a uint32 array of
-        625, e.g. to store in a checkpoint; `set_state` puts it back."""
+        """The full state as a uint32 array of 628, e.g. to store in a checkpoint: the 624
+        twister words, the read position, then the normal value kept for the next small
+        randn (a flag, and the double's 64 bits as two words). `set_state` puts it back."""
         state = self._bits.state["state"]
-        return np.append(state["key"].astype(np.uint32), np.uint32(state["pos"]))
+        kept = self._next_normal
+        bits = int(np.float64(0.0 if kept is None else kept).view(np.uint64))
+        tail = [state["pos"], kept is not None, bits >> 32, bits & 0xFFFFFFFF]
+        return np.append(state["key"].astype(np.uint32), np.uint32(tail))
 
     def set_state(self, state) -> "Generator":
+        """Restore a state from `get_state` (a 625-word state, without the kept normal
+        value, is accepted too). Returns the generator."""
         state = np.asarray(state)
-        if state.shape != (_N + 1,) or not 0 <= int(state[-1]) <= _N:
-            raise RandomError(f"a generator state is {_N + 1} words (the twister and its "
-                              f"position), got an array of shape {state.shape}")
+        if state.shape not in ((_N + 1,), (_N + 4,)) or not 0 <= int(state[_N]) <= _N:
+            raise RandomError(f"a generator state is {_N + 4} words (the twister, its "
+                              f"position and a kept normal value), got an array of shape "
+                              f"{state.shape}")
         self._bits.state = {"bit_generator": "MT19937",
                             "state": {"key": state[:_N].astype(np.uint32),
-                                      "pos": int(state[-1])}}
+                                      "pos": int(state[_N])}}
+        self._next_normal = None
+        if len(state) == _N + 4 and state[_N + 1]:
+            bits = int(state[_N + 2]) << 32 | int(state[_N + 3])
+            self._next_normal = float(np.uint64(bits).view(np.float64))
         return self
 
     def __repr__(self):
@@ -179,6 +202,26 @@ class Generator:
         """One uniform double, as _float64s(1)[0] but without arrays."""
         hi, lo = self._bits.random_raw(), self._bits.random_raw()
         return np.float64(((hi & 0x1FFFFF) << 32 | lo) * 2.0**-53)  # exact
+
+    def _normal_doubles(self, n: int) -> list:
+        """n standard normal doubles (Python floats) drawn one at a time as PyTorch does,
+        at::normal_distribution<double>: Box-Muller on two uniform doubles u1, u2 gives
+        r cos t now and r sin t for the next value, kept in the generator between calls.
+
+        The C++ uses log1p(-u2); 1 - u2 is exact for a 53-bit u2, so log(1 - u2) agrees.
+        The math module calls the same C library log, sin and cos as the C++."""
+        out = []
+        for _ in range(n):
+            if self._next_normal is not None:
+                out.append(self._next_normal)
+                self._next_normal = None
+                continue
+            u1, u2 = float(self._float64()), float(self._float64())
+            radius = math.sqrt(-2.0 * math.log1p(-u2))
+            theta = _TWO_PI * u1
+            self._next_normal = radius * math.sin(theta)
+            out.append(radius * math.cos(theta))
+        return out
 
     def _float64s(self, n: int) -> np.ndarray:
         """n float64 uniforms in [0, 1): 53 bits from two consecutive words (hi, lo)."""
@@ -206,16 +249,21 @@ class Generator:
         return _fma32(u, high - low, low)
 
     def randn(self, *size) -> np.ndarray:
-        """Standard normal float32, like `torch.randn(*size, generator=g)`; at least 16
-        values (PyTorch draws fewer with a different method, which the lectures never use)."""
+        """Standard normal float32, like `torch.randn(*size, generator=g)`.
+
+        >>> Generator(42).randn(3).tolist()
+        [0.33669036626815796, 0.12880940735340118, 0.23446236550807953]
+        """
         shape = _shape(size)
         n = math.prod(shape)
         if n == 0:
             return np.zeros(shape, dtype=np.float32)
         if n < 16:
-            raise RandomError(f"randn needs at least 16 values (got shape {shape}, {n} "
-                              f"values): PyTorch draws fewer with another method that is "
-                              f"not reproduced here; draw 16 or more and slice")
+            # PyTorch's block recipe fills 16 values at a time, so it only runs for 16 or
+            # more; fewer go through its generic one-value kernel, which draws doubles
+            # (two words per uniform) and keeps the second value of each Box-Muller pair
+            # in the generator for the next call, even a later randn. Then float32.
+            return np.float32(self._normal_doubles(n)).reshape(shape)
         d = self._float32s(n)  # (n,) all uniforms first
         full = n - n % 16
         d[:full] = _box_muller(d[:full].reshape(-1, 16)).reshape(-1)
@@ -229,11 +277,17 @@ class Generator:
         """Normal float32 with the given mean and std, like
         `torch.empty(size).normal_(mean, std)` (nn.Embedding's initialisation):
         randn * std + mean, rounded once."""
-        mean, std = _float32(mean, "mean"), _float32(std, "std")
+        mean, std = _number(mean, "mean"), _number(std, "std")
         if std < 0:
             raise RandomError(f"std must not be negative, got {std}")
-        x = self.randn(_size(size))
-        return _fma32(x, std, mean)  # PyTorch fuses `* std + mean` into one multiply-add
+        shape = _size(size)
+        if 0 < math.prod(shape) < 16:
+            # one value at a time (see randn) is in double, mean and std included
+            x = [_fma64(z, std, mean) for z in self._normal_doubles(math.prod(shape))]
+            return np.float32(x).reshape(shape)
+        x = self.randn(shape)
+        # PyTorch fuses `* std + mean` into one multiply-add, with float32 std and mean
+        return _fma32(x, np.float32(std), np.float32(mean))
 
     def randint(self, low, high=None, size=None) -> np.ndarray:
         """Integers in [low, high), int64, like `torch.randint(low, high, size, generator=g)`;
@@ -368,6 +422,13 @@ def _fma32(a: np.ndarray, b: np.float32, c: np.float32) -> np.ndarray:
     return r
 
 
+def _fma64(a: float, b: float, c: float) -> float:
+    """a * b + c in double with a single rounding, like C's fma: exact in fractions,
+    then rounded once (an exact zero takes its sign from the plain expression)."""
+    exact = Fraction(a) * Fraction(b) + Fraction(c)
+    return float(exact) if exact else a * b + c
+
+
 def _weights(p) -> np.ndarray:
     """multinomial's weights as float32 (like a float32 tensor), checked as torch does."""
     if type(p) is np.ndarray and p.dtype == np.float32:
@@ -428,7 +489,7 @@ def rand(*size, generator: Generator | None = None) -> np.ndarray:
 
 
 def randn(*size, generator: Generator | None = None) -> np.ndarray:
-    """torch.randn: standard normal float32 (at least 16 values)."""
+    """torch.randn: standard normal float32."""
     return _gen(generator).randn(*size)
 
 

@@ -86,10 +86,10 @@ def test_dataset_sizes(result):
 def test_seeded_run_is_pinned(result):
     lossi = result["lossi"]
     assert round(lossi[0], 4) == 27.8817  # the unscaled init's puzzle: far above 3.2958
-    assert [round(x, 4) for x in lossi[200::200]] == [8.7401, 3.7071, 4.2264, 5.1399]
+    assert [round(x, 4) for x in lossi[200::200]] == [8.7427, 3.6873, 4.2246, 5.2832]
     assert (round(result["train"], 4), round(result["val"], 4), round(result["test"], 4)) \
-        == (4.0167, 4.0078, 4.0629)
-    assert result["samples"][:5] == ["crenlee.", "anbhani.", "kemsrnne.", "tovst.", "ansa."]
+        == (4.0198, 4.0076, 4.0667)
+    assert result["samples"][:5] == ["crenzo.", "quisem.", "khzanne.", "reh.", "crenlenn."]
     assert len(result["samples"]) == 20 and all(s.endswith(".") for s in result["samples"])
 
 
@@ -103,7 +103,9 @@ def test_overfit_and_lr_finder(result):
 
 def test_checkpoint_written(result):
     from common import cli
-    arrays, config = cli.load_checkpoint(result["files"][0])
+    path = result["files"][0]
+    config = cli.load_checkpoint_meta(path)["config"]
+    arrays = cli.load_checkpoint_arrays(path, {"W1": np.zeros((30, 200), np.float32)})
     assert arrays["W1"].shape == (30, 200) and config["steps"] == 1000
 
 

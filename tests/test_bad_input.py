@@ -8,9 +8,11 @@ from conftest import assert_one_line_error, run_script
 # a short run of each stage, and a learning rate that makes it diverge
 SHORT = {
     "02_bigram": ["--steps", "30", "--samples", "2", "--no-plots"],
+    "03_mlp": ["--steps", "50", "--samples", "2", "--no-plots"],
 }
 DIVERGE = {
     "02_bigram": ["--lr", "1e6"],
+    "03_mlp": ["--lr", "1e6"],
 }
 
 

@@ -74,6 +74,20 @@ def scalar_randn(seed, n):
     return np.array(d, dtype=np.float32)
 
 
+def one_at_a_time_normals(seed, n):
+    """The first n doubles of at::normal_distribution<double> (torch.randn of fewer than 16
+    values, one call after another): Box-Muller on two 53-bit uniforms gives r cos t, then
+    the kept r sin t."""
+    words = mt19937_words(seed, 2 * n + 2)
+    out = []
+    for i in range(0, len(words) - 3, 4):
+        u1, u2 = [((hi << 32 | lo) & (2**53 - 1)) / 2**53
+                  for hi, lo in (words[i:i + 2], words[i + 2:i + 4])]
+        radius = math.sqrt(-2 * math.log(1 - u2))  # 1 - u2 is exact
+        out += [radius * math.cos(2 * math.pi * u1), radius * math.sin(2 * math.pi * u1)]
+    return out[:n]
+
+
 # ---------------------------------------------------------------------------------------
 # The bit stream
 
@@ -266,6 +280,102 @@ def test_randn_tail_redraws_the_last_16():
     assert not np.array_equal(x[11:16], head[11:16])  # overwritten by the tail block
 
 
+# torch.randn(15, generator=torch.Generator().manual_seed(2147483647)): fewer than 16
+# values are drawn one at a time, so randn(n) for n < 16 is the first n of these, exactly
+TORCH_RANDN_15 = [-0.9800073504447937, -1.6578478813171387, -0.05716622993350029,
+                  -0.34085410833358765, 2.0991551876068115, 0.8963767886161804,
+                  0.33790621161460876, -0.2086971253156662, -0.9390963912010193,
+                  -1.1810048818588257, -0.6283889412879944, -0.9825753569602966,
+                  1.3661174774169922, -0.5174228549003601, 1.1822324991226196]
+# torch.rand(1) right after torch.randn(n), same seed: 4 words per pair of values
+TORCH_RAND_AFTER_RANDN = {1: 0.09044414758682251, 2: 0.09044414758682251,
+                          3: 0.008028924465179443, 4: 0.008028924465179443,
+                          5: 0.8639929294586182, 6: 0.8639929294586182,
+                          7: 0.7053852081298828, 8: 0.7053852081298828,
+                          9: 0.7074304223060608, 10: 0.7074304223060608,
+                          11: 0.9927970767021179, 12: 0.9927970767021179,
+                          13: 0.8580995798110962, 14: 0.8580995798110962,
+                          15: 0.3729363679885864}
+
+
+def test_small_randn_matches_torch_bit_for_bit():
+    x = rng.randn(3, generator=rng.Generator(42))
+    assert x.dtype == np.float32 and x.shape == (3,)
+    assert x.tolist() == [0.33669036626815796, 0.12880940735340118, 0.23446236550807953]
+    assert rng.Generator(SEED).randn(15).tolist() == TORCH_RANDN_15
+    assert rng.Generator(SEED).randn(2, 3).tolist() == [TORCH_RANDN_15[:3],
+                                                         TORCH_RANDN_15[3:6]]
+    scalar = rng.Generator(1337).randn(())  # torch.randn((), generator=...): a 0-d tensor
+    assert scalar.shape == () and scalar.tolist() == -2.0259921550750732
+
+
+@pytest.mark.parametrize("n", sorted(TORCH_RAND_AFTER_RANDN))
+def test_small_randn_uses_the_words_torch_uses(n):
+    g = rng.Generator(SEED)
+    assert g.randn(n).tolist() == TORCH_RANDN_15[:n]
+    assert g.rand(1).tolist() == [TORCH_RAND_AFTER_RANDN[n]]
+
+
+@pytest.mark.parametrize("seed", [0, 42, 1337, SEED])
+def test_small_randn_is_the_plain_python_recipe(seed):
+    g = rng.Generator(seed)
+    got = np.concatenate([g.randn(n) for n in (1, 2, 3, 4, 5, 7, 11, 15, 13)])  # 61 values
+    np.testing.assert_array_equal(got, np.float32(one_at_a_time_normals(seed, 61)))
+
+
+def test_small_randn_keeps_its_second_value_across_calls():
+    """A mixed sequence, all on one generator, as torch 2.13 draws it: randn(3) leaves its
+    fourth value in the generator; randn(20) (the block recipe), rand and randint do not
+    touch it, and the next small randn starts with it."""
+    g = rng.Generator(SEED)
+    assert g.randn(3).tolist() == TORCH_RANDN_15[:3]
+    x = g.randn(20)
+    np.testing.assert_allclose(x[[0, 3, 4, 19]], [-0.03512968122959137, -0.9387656450271606,
+                                                  1.7249202728271484, 0.3324427902698517],
+                               rtol=0, atol=2e-6)  # torch 2.13's vectorized rounding
+    assert g.randn(5).tolist() == [-0.34085410833358765, 0.36311909556388855,
+                                   -0.9844765067100525, -1.5109074115753174,
+                                   -0.6927272081375122]
+    assert g.rand(4).tolist() == [0.14401602745056152, 0.5036944150924683,
+                                  0.4243812561035156, 0.8138815760612488]
+    assert g.randint(0, 10, (6,)).tolist() == [8, 6, 1, 0, 5, 1]
+    assert g.randn(1).tolist() == [0.06902475655078888]  # kept from randn(5)
+    assert g.randn(1).tolist() == [0.14515595138072968]
+
+
+def test_small_randn_kept_value_is_forgotten_on_reseed_and_saved_in_the_state():
+    g = rng.Generator(42)
+    first = g.randn(1)
+    assert g.manual_seed(42).randn(1).tolist() == first.tolist() == [0.33669036626815796]
+    state = g.get_state()  # holds the kept value 0.12880940735340118
+    assert state.shape == (628,) and state[625] == 1
+    copy = rng.Generator(0).set_state(state)
+    assert copy.randn(1).tolist() == g.randn(1).tolist() == [0.12880940735340118]
+    assert copy.get_state()[625] == 0
+    # a state without the kept value (625 words) starts the next pair afresh
+    assert rng.Generator(0).set_state(state[:625]).randn(1).tolist() == \
+        rng.Generator(42).randn(3)[2:].tolist()
+
+
+def test_small_normal_is_a_multiply_add_in_double():
+    """torch.empty(5).normal_(mean, std) with fewer than 16 values: r cos t * std + mean in
+    double, with one rounding (the compiler fuses it), then float32."""
+    g = rng.Generator(42)
+    assert g.normal(5, 0.5, 0.02).tolist() == [0.5067338347434998, 0.5025761723518372,
+                                               0.5046892762184143, 0.5046066641807556,
+                                               0.4775428771972656]
+    assert g.normal((2, 2), -1.0, 3.0).tolist() == [[-1.5589848756790161, 5.624604225158691],
+                                                    [-2.9139912128448486, 0.3849716782569885]]
+    # mean = -(z * std) rounded: two roundings would give exactly 0; one keeps the error
+    z = one_at_a_time_normals(42, 1)[0]
+    assert z == 0.33669035438385886
+    mean = -(z * 0.02)
+    assert rng.normal(1, mean, 0.02, generator=rng.Generator(42)).tolist() == \
+        [-3.455470494733612e-19]  # torch's value
+    assert rng.normal(1, mean, 0.02, generator=rng.Generator(42)).tolist() == \
+        [float(np.float32(float(Fraction(z) * Fraction(0.02) + Fraction(mean))))]
+
+
 def test_uniform_matches_torch_bit_for_bit():
     """torch.empty(200, 30).uniform_(-b, b, generator=g): nn.Linear(30, 200)'s bound. The
     multiply-add is rounded once; rounding twice differs in about half of the values."""
@@ -366,7 +476,7 @@ def test_state_round_trip():
     g = rng.Generator(11)
     g.rand(1000)
     state = g.get_state()
-    assert state.dtype == np.uint32 and state.shape == (625,)
+    assert state.dtype == np.uint32 and state.shape == (628,)
     ahead = g.randn(50)
     np.testing.assert_array_equal(rng.Generator(0).set_state(state).randn(50), ahead)
     copied = pickle.loads(pickle.dumps(rng.Generator(0).set_state(state)))
@@ -415,13 +525,14 @@ def test_multiply_add_is_rounded_once():
     (lambda g: g.randint(0, 10), "needs a size"),
     (lambda g: g.randint(0, 2.5, (3,)), "whole-number"),
     (lambda g: g.randint(0, 2**63, (3,)), "int64"),
-    (lambda g: g.randn(3), "at least 16"),
     (lambda g: g.randn(2.5), "whole numbers"),
     (lambda g: g.rand(-1), "negative"),
     (lambda g: g.uniform(3, 1.0, 0.0), "low <= high"),
     (lambda g: g.normal(20, 0.0, -1.0), "std"),
+    (lambda g: g.normal(3, 0.0, -1.0), "std"),
+    (lambda g: g.normal(3, float("nan")), "finite"),
     (lambda g: g.manual_seed("42"), "integer"),
-    (lambda g: g.set_state(np.zeros(10, np.uint32)), "625"),
+    (lambda g: g.set_state(np.zeros(10, np.uint32)), "628"),
     (lambda g: rng.rand(3, generator=np.random.default_rng()), "rng.Generator"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(call, message):
