@@ -5,8 +5,8 @@ New over stage 03: the initialization is fixed one problem at a time (a softmax 
 out confidently wrong, a tanh layer that starts out saturated, then Kaiming's fan-in
 scaling instead of hand-picked numbers), and BatchNorm normalizes the hidden layer's
 pre-activations, with running estimates for evaluation and a calibration over the training
-set. The engine gains `var`, `std`, `sqrt` and a fused `batch_norm` with a hand-derived
-backward pass. `--deep` builds the lecture's "PyTorch-ified" network (Linear, BatchNorm1d and
+set. The engine gains `var`, `std` and `sqrt`, from which BatchNorm is built as the lecture
+builds it. `--deep` builds the lecture's "PyTorch-ified" network (Linear, BatchNorm1d and
 Tanh layers, six deep) and shows its four diagnostics: activations, gradients, weight
 gradients and update:data ratios.
 
@@ -39,12 +39,16 @@ from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
-# Tiny matrices (32 x 30 @ 30 x 200) gain nothing from a second BLAS thread (measured:
-# tests/benchmarks/bench_mlp.py), so leave the other core free. Must precede numpy's import.
+# One BLAS thread: the matrices here are small, and on a busy 2-core machine a second
+# thread mostly waits for the other core (tests/benchmarks/README.md has the measurements).
+# Must precede numpy's import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+# to import common/: from the repository root, or (in a notebook, which has no __file__)
+# from the folder above the stage's, where the notebook runs
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+sys.path.insert(0, str(ROOT))
 from common import cli, data, rng  # noqa: E402
 
 
@@ -54,46 +58,38 @@ INITS = ("original", "softmax", "tanh", "kaiming")  # the lecture's fixes, in it
 
 @dataclass
 class Config:
-    block_size: int = cli.arg(3, "context length: how many characters predict the next")
-    n_embd: int = cli.arg(10, "dimensions of each character's embedding")
-    n_hidden: int = cli.arg(200, "neurons in the hidden tanh layer")
+    block_size: int = cli.arg(3, "context length: how many characters predict the next",
+                              min=1, max=32)
+    n_embd: int = cli.arg(10, "dimensions of each character's embedding", min=1, max=1000)
+    n_hidden: int = cli.arg(200, "neurons in the hidden tanh layer", min=1, max=10_000)
     init: str = cli.arg("kaiming", "initial weight scales: original (stage 03's), softmax "
                         "(W2 * 0.01, b2 * 0), tanh (also W1 * 0.2, b1 * 0.01), kaiming "
                         "(W1 * (5/3) / sqrt(fan_in) instead of 0.2)", choices=INITS)
     batchnorm: bool = cli.arg(True, "normalize the hidden pre-activations with BatchNorm "
                                     "(which replaces b1)")
-    steps: int = cli.arg(200_000, "training steps (minibatches)")
-    batch_size: int = cli.arg(32, "examples per minibatch")
-    lr: float = cli.arg(0.1, "learning rate")
-    lr_decay_step: int = cli.arg(100_000, "from this step on the learning rate is lr / 10")
-    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)")
-    samples: int = cli.arg(20, "names to sample after training")
+    steps: int = cli.arg(200_000, "training steps (minibatches)", min=0)
+    batch_size: int = cli.arg(32, "examples per minibatch", min=1, max=100_000)
+    lr: float = cli.arg(0.1, "learning rate", min=1e-9, max=1e6)
+    lr_decay_step: int = cli.arg(100_000, "from this step on the learning rate is lr / 10",
+                                 min=0)
+    seed: int = cli.arg(2147483647, "seed of the generator (the lecture's 2147483647)",
+                        min=0, max=2**64 - 1)
+    samples: int = cli.arg(20, "names to sample after training", min=0, max=10_000)
     deep: bool = cli.arg(False, "train the lecture's deep network instead: five Linear, "
                                 "BatchNorm1d, Tanh blocks, then Linear, BatchNorm1d")
-    deep_hidden: int = cli.arg(100, "with --deep: neurons in each hidden layer")
+    deep_hidden: int = cli.arg(100, "with --deep: neurons in each hidden layer", min=1,
+                               max=10_000)
     gain: str = cli.arg("1", "with --deep: gain of the hidden Linear weights, a number or "
                              "a fraction (the lecture compares 1 and tanh's 5/3)")
     break_at: int = cli.arg(1000, "with --deep: stop after this step, as the lecture's "
-                                  "diagnostic run does (-1: train all --steps)")
+                                  "diagnostic run does (-1: train all --steps)", min=-1)
     out: str = cli.arg("out/04_batchnorm", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
 
     def check(self):
-        cli.check(self.block_size >= 1, f"--block-size must be >= 1, got {self.block_size}")
-        cli.check(self.n_embd >= 1, f"--n-embd must be >= 1, got {self.n_embd}")
-        cli.check(self.n_hidden >= 1, f"--n-hidden must be >= 1, got {self.n_hidden}")
-        cli.check(self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
-        cli.check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         cli.check(self.batch_size >= 2 or not self.batchnorm,
                   "BatchNorm needs --batch-size >= 2: one example has no spread to "
                   "normalize by (or use --no-batchnorm)")
-        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        cli.check(self.samples >= 0, f"--samples must be >= 0, got {self.samples}")
-        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
-        cli.check(self.deep_hidden >= 1,
-                  f"--deep-hidden must be >= 1, got {self.deep_hidden}")
-        cli.check(self.break_at >= -1, f"--break-at must be >= 0 (or -1: no break), got "
-                                       f"{self.break_at}")
         parse_gain(self.gain)
 
 
@@ -113,322 +109,6 @@ def show_examples(X, Y, itos, n=5):
     """The lecture's view of the dataset: `... ---> e`, `..e ---> m`, ..."""
     for x, y in zip(X[:n], Y[:n]):
         print("  " + "".join(itos[i] for i in x), "--->", itos[y])
-
-
-# %% Engine
-class no_grad:
-    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
-
-    enabled = True  # is the graph being recorded?
-
-    def __enter__(self):
-        self.prev, no_grad.enabled = no_grad.enabled, False
-
-    def __exit__(self, *exc):
-        no_grad.enabled = self.prev
-
-
-def _unbroadcast(grad, shape):
-    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
-    broadcasting added in front, and those it stretched from size 1."""
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
-    return grad.sum(axis=axes, keepdims=True).reshape(shape)
-
-
-def _spread(x, dim, ddof, take_sqrt=False):
-    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
-    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
-    double precision and rounded once to x's precision (float32 for training)."""
-    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
-    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
-
-
-class Tensor:
-    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
-    the scalar replaced by an array. Each op computes its result with numpy and stores a
-    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
-
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
-
-    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
-        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
-                                  and data.dtype.kind == "f"):
-            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
-        self.data = np.asarray(data, dtype=dtype)
-        self.grad = None
-        # an op's result needs a gradient if any input does (and we are recording)
-        self.requires_grad = requires_grad or (
-            no_grad.enabled and any(c.requires_grad for c in _children))
-        self._prev = _children if self.requires_grad else ()
-        self._backward = None
-        self._op = _op
-
-    def _accumulate(self, grad):
-        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
-        because a tensor used twice receives a gradient from each use."""
-        if not self.requires_grad:
-            return
-        grad = _unbroadcast(grad, self.data.shape)
-        self.grad = grad if self.grad is None else self.grad + grad
-
-    def _wrap(self, other):
-        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
-
-    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
-    def __add__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
-
-        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
-            self._accumulate(g)
-            other._accumulate(g)
-        out._backward = _backward
-        return out
-
-    def __mul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
-
-        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
-            self._accumulate(g * other.data)
-            other._accumulate(g * self.data)
-        out._backward = _backward
-        return out
-
-    def __truediv__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
-
-        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
-            self._accumulate(g / other.data)
-            other._accumulate(-g * self.data / other.data**2)
-        out._backward = _backward
-        return out
-
-    def __pow__(self, k):
-        assert isinstance(k, (int, float)), "only a number exponent is supported"
-        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
-
-        def _backward(g):  # d(a**k)/da = k * a**(k-1)
-            self._accumulate(g * k * self.data ** (k - 1))
-        out._backward = _backward
-        return out
-
-    def __matmul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data @ other.data, _children=(self, other), _op="@")
-
-        def _backward(g):  # (N, K) @ (K, M): dA = g @ B.T, dB = A.T @ g
-            self._accumulate(g @ other.data.T)
-            other._accumulate(self.data.T @ g)
-        out._backward = _backward
-        return out
-
-    def __neg__(self):
-        return self * -1.0
-
-    def __sub__(self, other):
-        return self + (-self._wrap(other))
-
-    def __radd__(self, other):  # 1 + a
-        return self + other
-
-    def __rsub__(self, other):  # 1 - a
-        return self._wrap(other) - self
-
-    def __rmul__(self, other):  # 2 * a
-        return self * other
-
-    def __rtruediv__(self, other):  # 1 / a
-        return self._wrap(other) / self
-
-    # -- elementwise functions --
-    def exp(self):
-        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
-        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
-        return out
-
-    def log(self):
-        out = Tensor(np.log(self.data), _children=(self,), _op="log")
-        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
-        return out
-
-    def tanh(self):
-        out = Tensor(np.tanh(self.data), _children=(self,), _op="tanh")
-        out._backward = lambda g: self._accumulate(g * (1 - out.data**2))  # 1 - tanh**2
-        return out
-
-    def sqrt(self):
-        out = Tensor(np.sqrt(self.data), _children=(self,), _op="sqrt")
-        out._backward = lambda g: self._accumulate(g / (2 * out.data))  # 1 / (2 sqrt(a))
-        return out
-
-    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
-    def sum(self, dim=None, keepdim=False):
-        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
-            self._accumulate(np.broadcast_to(g, self.data.shape))
-        out._backward = _backward
-        return out
-
-    def mean(self, dim=None, keepdim=False):
-        n = self.data.size if dim is None else self.data.shape[dim]
-        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
-                     _op="mean")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)
-            self._accumulate(np.broadcast_to(g / n, self.data.shape))
-        out._backward = _backward
-        return out
-
-    # -- spread: how far the numbers are from their mean (BatchNorm divides by it) --
-    def var(self, dim=None, keepdim=False, unbiased=True):
-        """The mean squared distance from the mean; divided by n - 1 instead of n when
-        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
-        to the samples than the true mean does, so dividing by n would come out small)."""
-        ddof = 1 if unbiased else 0
-        var = _spread(self.data, dim, ddof)                   # reduced dims kept as 1
-        d = self.data.size // var.size - ddof                 # the divisor: n - 1 or n
-        out = Tensor(var if keepdim else np.squeeze(var, axis=dim), _children=(self,),
-                     _op="var")
-
-        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
-            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
-            self._accumulate(g.reshape(var.shape) * 2 * dev / d)  # deviations sum to 0)
-        out._backward = _backward
-        return out
-
-    def std(self, dim=None, keepdim=False, unbiased=True):
-        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
-        ddof = 1 if unbiased else 0
-        std = _spread(self.data, dim, ddof, take_sqrt=True)
-        d = self.data.size // std.size - ddof
-        out = Tensor(std if keepdim else np.squeeze(std, axis=dim), _children=(self,),
-                     _op="std")
-
-        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
-            dev = self.data - self.data.mean(axis=dim, keepdims=True)
-            self._accumulate(g.reshape(std.shape) * dev / (d * std))
-        out._backward = _backward
-        return out
-
-    # -- indexing: probs[arange(n), ys] picks one probability per row --
-    def __getitem__(self, idx):
-        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
-            if isinstance(idx, tuple) else idx
-        out = Tensor(self.data[idx], _children=(self,), _op="[]")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
-            self._accumulate(grad)
-        out._backward = _backward
-        return out
-
-    # -- shape: the same numbers, seen as a different shape (no copy, like torch's view) --
-    def view(self, *shape):
-        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
-        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
-        return out
-
-    reshape = view
-
-    # -- backpropagation --
-    def backward(self):
-        """Fill .grad of every tensor this one depends on. The graph is ordered
-        topologically with an explicit stack (no recursion limit), then each op's
-        _backward runs from the output back to the inputs."""
-        topo, visited, stack = [], set(), [(self, False)]
-        while stack:
-            node, children_done = stack.pop()
-            if children_done:
-                topo.append(node)  # after everything it depends on
-            elif id(node) not in visited:
-                visited.add(id(node))
-                stack.append((node, True))
-                stack.extend((child, False) for child in node._prev)
-        self.grad = np.ones_like(self.data)  # d self / d self = 1
-        for node in reversed(topo):
-            if node._backward is not None and node.grad is not None:
-                node._backward(node.grad)
-
-    # -- conveniences --
-    @property
-    def shape(self):
-        return self.data.shape
-
-    def item(self):
-        return self.data.item()
-
-    def __repr__(self):
-        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
-
-
-def cross_entropy(logits, targets):
-    """F.cross_entropy: the mean negative log likelihood of `targets` under
-    softmax(logits), as ONE op. Subtracting each row's max before exp() keeps exp() from
-    overflowing (softmax does not change when a constant is subtracted from a row), and
-    the backward pass is the short formula (softmax - one-hot(targets)) / N instead of a
-    chain of exp, sum, divide, index and log ops."""
-    x = logits.data                                       # (N, 27)
-    n = len(targets)
-    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
-    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    logprobs = shifted - log_norm                         # (N, 27) log softmax
-    out = Tensor(-logprobs[np.arange(n), targets].mean(), _children=(logits,),
-                 _op="cross_entropy")
-
-    def _backward(g):
-        dlogits = np.exp(logprobs)                        # softmax
-        dlogits[np.arange(n), targets] -= 1               # minus one-hot
-        logits._accumulate(g * dlogits / n)
-    out._backward = _backward
-    return out
-
-
-def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None):
-    """BatchNorm as ONE op (F.batch_norm): every column of x (N, D) is shifted by a mean
-    and divided by sqrt(var + eps), then scaled by `gain` and shifted by `bias` (D,).
-    Without `mean` and `var` (training) they are the batch's own, the variance unbiased as
-    in the lecture, and a gradient flows through them; returns (out, mean, var) so the
-    caller can update its running estimates. Given `mean` and `var` (evaluation: the
-    running estimates), they are constants.
-
-    The backward pass is derived by hand (makemore part 4 does it on paper): with
-    xhat = (x - mean) / sqrt(var + eps) and s = gain / sqrt(var + eps),
-        dx = s / N * (N dout - sum(dout) - N / (N - 1) * xhat * sum(dout * xhat))
-    one formula instead of a chain of mean, subtract, var, add, sqrt, divide, multiply and
-    add ops, each with its own backward pass and intermediate arrays."""
-    training = mean is None
-    if training:
-        mean = x.data.mean(axis=0)                            # (D,) batch mean
-        var = _spread(x.data, 0, ddof=1)[0]                   # (D,) unbiased variance
-    # divide by sqrt(var + eps) as the lecture's layer does (not multiply by its inverse),
-    # so that float32 results are the very same numbers
-    xhat = (x.data - mean) / np.sqrt(var + eps)               # (N, D)
-    out = Tensor(gain.data * xhat + bias.data, _children=(x, gain, bias), _op="batch_norm")
-
-    def _backward(g):
-        n = len(g)
-        gain._accumulate(g * xhat)  # summed over the batch by _accumulate
-        bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # (D,)
-        if training:  # the statistics depend on x too
-            x._accumulate(s / n * (n * g - g.sum(axis=0)
-                                   - n / (n - 1) * xhat * (g * xhat).sum(axis=0)))
-        else:
-            x._accumulate(g * s)
-    out._backward = _backward
-    return out, mean, var
 
 
 # %% Model
@@ -541,9 +221,9 @@ class Linear:
 
 
 class BatchNorm1d:
-    """torch.nn.BatchNorm1d: normalizes every feature over the batch (the fused
-    `batch_norm`), then scales and shifts it by the trained gamma and beta. While
-    `training`, the batch's statistics are used and the running buffers follow them with
+    """torch.nn.BatchNorm1d, as the lecture writes it: every feature is normalized over
+    the batch, then scaled and shifted by the trained gamma and beta. While `training`,
+    the batch's mean and variance are used and the running buffers follow them with
     `momentum`; otherwise the buffers are used."""
 
     def __init__(self, dim, eps=1e-5, momentum=0.1):
@@ -557,14 +237,19 @@ class BatchNorm1d:
         self.running_var = np.ones(dim, dtype=np.float32)
 
     def __call__(self, x):
+        # calculate the forward pass
         if self.training:
-            self.out, xmean, xvar = batch_norm(x, self.gamma, self.beta, self.eps)
-            m = self.momentum  # numpy on the buffers: no graph (torch.no_grad())
-            self.running_mean = (1 - m) * self.running_mean + m * xmean
-            self.running_var = (1 - m) * self.running_var + m * xvar
+            xmean = x.mean(0, keepdim=True)               # (1, dim) batch mean
+            xvar = x.var(0, keepdim=True)                 # (1, dim) batch variance
         else:
-            self.out, _, _ = batch_norm(x, self.gamma, self.beta, self.eps,
-                                        self.running_mean, self.running_var)
+            xmean, xvar = Tensor(self.running_mean), Tensor(self.running_var)
+        xhat = (x - xmean) / (xvar + self.eps).sqrt()     # normalize to unit variance
+        self.out = self.gamma * xhat + self.beta
+        # update the buffers (numpy on .data: no graph, torch.no_grad() in the lecture)
+        if self.training:
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * xmean.data[0]
+            self.running_var = (1 - m) * self.running_var + m * xvar.data[0]
         return self.out
 
     def parameters(self):
@@ -653,7 +338,7 @@ def train(cfg, params, bnstats, Xtr, Ytr, g, quiet=False):
     for i in range(cfg.steps):
         ix = rng.randint(0, Xtr.shape[0], (cfg.batch_size,), generator=g)  # (32,)
         lr = learning_rate(cfg, i)
-        loss = cli.finite(sgd_step(params, bnstats, Xtr[ix], Ytr[ix], lr))
+        loss = sgd_step(params, bnstats, Xtr[ix], Ytr[ix], lr)
         lossi.append(loss)
         progress.update(i, loss, lr)
     return lossi
@@ -694,13 +379,20 @@ def init_report(cfg, Xtr, Ytr):
     return rows
 
 
+def save_model(path, params, bnstats, cfg):
+    """The parameters, BatchNorm's running estimates and the config, in one file."""
+    arrays = {n: p.data for n, p in params.items()}
+    if bnstats is not None:
+        arrays.update(bnmean_running=bnstats["mean"], bnstd_running=bnstats["std"])
+    cli.save_checkpoint(path, arrays, dict(config=asdict(cfg)))
+
+
 # %% Training: diagnostics of the deep network
 def train_deep(cfg, C, layers, Xtr, Ytr, g, quiet=False):
     """The lecture's loop for the deep network. It records each step's loss and, for the
     weights (2-D parameters), the update:data ratio log10(std(lr * grad) / std(data)):
     about -3 is healthy. Every layer keeps its output (.out) and, after backward, that
-    output's gradient (.out.grad; torch needs retain_grad() for it, our engine keeps
-    every gradient)."""
+    output's gradient (.out.grad, which backward() keeps because of retain_grad())."""
     parameters = [C] + [p for layer in layers for p in layer.parameters()]
     steps = cfg.steps if cfg.break_at < 0 else min(cfg.steps, cfg.break_at + 1)
     lossi, ud = [], []
@@ -708,13 +400,15 @@ def train_deep(cfg, C, layers, Xtr, Ytr, g, quiet=False):
     for i in range(steps):  # the lecture's `if i >= 1000: break` is in `steps`
         ix = rng.randint(0, Xtr.shape[0], (cfg.batch_size,), generator=g)  # (32,)
         loss = cross_entropy(deep_forward(C, layers, Xtr[ix]), Ytr[ix])
+        for layer in layers:
+            layer.out.retain_grad()  # the diagnostics look at the outputs' gradients
         for p in parameters:
             p.grad = None
         loss.backward()
         lr = learning_rate(cfg, i)
         for p in parameters:
             p.data += -lr * p.grad
-        lossi.append(cli.finite(loss.item()))
+        lossi.append(loss.item())
         ud.append([np.log10((lr * p.grad).std(ddof=1) / p.data.std(ddof=1))
                    for p in parameters if p.data.ndim == 2])
         progress.update(i, lossi[-1], lr)
@@ -766,16 +460,17 @@ def weight_gradient_stats(parameters):
 
 
 # %% Sampling
-def sample_names(model, cfg, n, itos):
+def sample_names(model, cfg, n, itos, max_len=100):
     """Sample n names: start from a context of '.', draw the next character from the
     softmax with torch.multinomial's default sampling (without replacement), slide the
-    context, stop at '.'. `model` maps contexts (1, block_size) to logits (1, 27) in
-    evaluation mode. The generator is seeded seed + 10, as in the lecture."""
+    context, stop at '.' (or after max_len characters: a badly trained model may never
+    draw the '.'). `model` maps contexts (1, block_size) to logits (1, 27) in evaluation
+    mode. The generator is seeded seed + 10, as in the lecture."""
     g = rng.Generator(cfg.seed + 10)
     names = []
     for _ in range(n):
         out, context = [], [0] * cfg.block_size
-        while True:
+        while len(out) < max_len:
             with no_grad():
                 logits = model(np.array([context]))                 # (1, 27)
                 probs = logits.data - logits.data.max()
@@ -930,8 +625,8 @@ def main_deep(cfg, splits, itos):
         grads = gradient_stats(layers)
         print("\n== Weight gradients")
         wgrads = weight_gradient_stats(parameters)
+    out, title = cli.out_dir(cfg.out), describe(cfg)
     if cfg.plots and lossi:  # now, while the layers hold the last step's outputs
-        out, title = cli.out_dir(cfg.out), describe(cfg)
         plot_activations(layers, acts, title, out / "deep_activations.png")
         plot_gradients(layers, grads, title, out / "deep_gradients.png")
         plot_weight_gradients(parameters, wgrads, title, out / "deep_weight_gradients.png")
@@ -948,14 +643,13 @@ def main_deep(cfg, splits, itos):
     names = sample_names(lambda X: deep_forward(C, layers, X), cfg, cfg.samples, itos)
     print("\n== Samples\n  " + " ".join(names))
 
-    out = cli.out_dir(cfg.out)
     arrays = {"C": C.data}
     for i, layer in enumerate(layers):
         for name in ("weight", "bias", "gamma", "beta", "running_mean", "running_var"):
             value = getattr(layer, name, None)
             if value is not None:
                 arrays[f"layers.{i}.{name}"] = getattr(value, "data", value)
-    cli.save_checkpoint(out / "deep.npz", arrays, asdict(cfg))
+    cli.save_checkpoint(out / "deep.npz", arrays, dict(config=asdict(cfg)))
     files = figures + [str(out / "deep.npz")]
     print(f"\nwrote {', '.join(files)}")
     return dict(config=asdict(cfg), n_params=n_params, lossi=lossi, ud=ud,
@@ -965,6 +659,7 @@ def main_deep(cfg, splits, itos):
 
 def main(argv=None) -> dict:
     cfg = cli.parse_config(Config, argv, __doc__, prog="04_batchnorm/train.py")
+    out = cli.out_dir(cfg.out)  # fail now on an unusable folder, not after training
     cli.keep_freed_memory()  # evaluating 182,625 examples makes big arrays: reuse them
     words = data.load_names()
     stoi, itos = data.names_vocab(words)
@@ -989,7 +684,12 @@ def main(argv=None) -> dict:
     print(f"\n== Training {cfg.steps} steps, lr {cfg.lr} then {cfg.lr / 10} "
           f"from step {cfg.lr_decay_step}")
     start = time.perf_counter()
-    lossi = train(cfg, params, bnstats, Xtr, Ytr, g)
+    try:
+        lossi = train(cfg, params, bnstats, Xtr, Ytr, g)
+    except KeyboardInterrupt:  # Ctrl-C: keep the model trained so far
+        save_model(out / "model.npz", params, bnstats, cfg)
+        print(f"\nthe model trained so far is in {out / 'model.npz'}")
+        raise
     seconds = time.perf_counter() - start
     final = {name: evaluate(params, X, Y, bnstats) for name, (X, Y) in splits.items()}
     print(f"  {seconds:.1f}s; " + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
@@ -1007,11 +707,7 @@ def main(argv=None) -> dict:
     names = sample_names(lambda X: forward(params, X, bnstats)[0], cfg, cfg.samples, itos)
     print("\n== Samples\n  " + " ".join(names))
 
-    out = cli.out_dir(cfg.out)
-    arrays = {n: p.data for n, p in params.items()}
-    if cfg.batchnorm:
-        arrays.update(bnmean_running=bnstats["mean"], bnstd_running=bnstats["std"])
-    cli.save_checkpoint(out / "model.npz", arrays, asdict(cfg))
+    save_model(out / "model.npz", params, bnstats, cfg)
     files = [str(out / "model.npz")]
     if cfg.plots:
         _, hpreact, h = first_batch(cfg, Xtr, Ytr)
@@ -1024,6 +720,332 @@ def main(argv=None) -> dict:
     return dict(config=asdict(cfg), sizes=(len(Xtr), len(Xdev), len(Xte)),
                 n_params=n_params, init_report=report, lossi=lossi, **final,
                 calibrated=calibrated, samples=names, seconds=seconds, files=files)
+
+
+# %% Engine
+# Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
+# file like a library; each stage carries it forward unchanged and appends what its
+# lecture needs in a cell of its own ("Engine: new in stage NN").
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _matmul(a, b):
+    """a @ b; a stack of matrices times one matrix, (B, T, C) @ (C, N), as ONE
+    (B*T, C) @ (C, N) matmul: numpy would multiply the B small matrices one by one."""
+    if b.ndim == 2 < a.ndim:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    return a @ b
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs. A
+    closure holds the op's inputs and the arrays it needs, never its own result, so the
+    graph has no reference cycles and each step's memory is freed as soon as it ends."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_retain",
+                 "__weakref__")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None:
+            array = np.asarray(data)
+            if array.dtype.kind in "iu":
+                dtype = np.int64  # integers stay integers, as in torch.tensor([1, 2])
+            elif array.dtype.kind != "b" and not (
+                    isinstance(data, (np.ndarray, np.generic)) and array.dtype.kind == "f"):
+                dtype = np.float32  # like torch: float32 unless asked (tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+        self._retain = False
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        a, b = self.data, other.data
+        out = Tensor(_matmul(a, b), _children=(self, other), _op="@")
+
+        def _backward(g):  # A @ B: dA = g @ B^T, dB = A^T @ g, on the last two dims
+            a2 = a[None] if a.ndim == 1 else a            # a vector is a (1, K) row,
+            b2 = b[:, None] if b.ndim == 1 else b         # or a (K, 1) column
+            g2 = g[..., None] if b.ndim == 1 else g
+            g2 = g2[..., None, :] if a.ndim == 1 else g2
+            if self.requires_grad:
+                da = _matmul(g2, np.swapaxes(b2, -1, -2))
+                self._accumulate(da[..., 0, :] if a.ndim == 1 else da)
+            if other.requires_grad:
+                if b2.ndim == 2 < a2.ndim:  # (B, T, K) @ (K, M): dB sums over all B*T rows
+                    db = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+                else:
+                    db = np.swapaxes(a2, -1, -2) @ g2
+                other._accumulate(db[..., 0] if b.ndim == 1 else db)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        e = np.exp(self.data)
+        out = Tensor(e, _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * e)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        m = self.data.mean(axis=dim, keepdims=keepdim)
+        n = self.data.size // max(np.size(m), 1)  # how many numbers each mean averages
+        out = Tensor(m, _children=(self,), _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        if isinstance(idx, tuple):
+            idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+        elif isinstance(idx, Tensor):
+            idx = idx.data
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- new in stage 03: the hidden layer's tanh, and view to concatenate embeddings --
+    def tanh(self):
+        t = np.tanh(self.data)
+        out = Tensor(t, _children=(self,), _op="tanh")
+        out._backward = lambda g: self._accumulate(g * (1 - t**2))  # 1 - tanh**2
+        return out
+
+    def view(self, *shape):
+        """The same numbers seen as a different shape (no copy, like torch's view)."""
+        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
+        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
+        return out
+
+    reshape = view
+
+    # -- new in stage 04: sqrt, and the spread of numbers (BatchNorm divides by it) --
+    def sqrt(self):
+        s = np.sqrt(self.data)
+        out = Tensor(s, _children=(self,), _op="sqrt")
+        out._backward = lambda g: self._accumulate(g / (2 * s))  # 1 / (2 sqrt(a))
+        return out
+
+    def var(self, dim=None, keepdim=False, unbiased=True):
+        """The mean squared distance from the mean; divided by n - 1 instead of n when
+        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
+        to the samples than the true mean does, so dividing by n would come out small)."""
+        ddof = 1 if unbiased else 0
+        v = _spread(self.data, dim, ddof)                     # reduced dims kept as 1
+        d = self.data.size // v.size - ddof                   # the divisor: n - 1 or n
+        out = Tensor(v if keepdim else np.squeeze(v, axis=dim), _children=(self,),
+                     _op="var")
+
+        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
+            self._accumulate(g.reshape(v.shape) * 2 * dev / d)  # deviations sum to 0)
+        out._backward = _backward
+        return out
+
+    def std(self, dim=None, keepdim=False, unbiased=True):
+        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
+        ddof = 1 if unbiased else 0
+        s = _spread(self.data, dim, ddof, take_sqrt=True)
+        d = self.data.size // s.size - ddof
+        out = Tensor(s if keepdim else np.squeeze(s, axis=dim), _children=(self,),
+                     _op="std")
+
+        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)
+            self._accumulate(g.reshape(s.shape) * dev / (d * s))
+        out._backward = _backward
+        return out
+
+    # -- backpropagation --
+    def backward(self):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs. As in torch, the graph is
+        freed on the way: once an op has passed its gradient on, it lets go of its
+        inputs and saved arrays, and an intermediate result drops its .grad (only the
+        leaves, such as parameters, keep theirs, and tensors asked to retain_grad())."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None:
+                if node.grad is not None:
+                    node._backward(node.grad)
+                node._backward, node._prev = None, ()
+                if not node._retain:
+                    node.grad = None
+
+    def retain_grad(self):
+        """Keep this intermediate result's .grad after backward(), as torch's does."""
+        self._retain = True
+        return self
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def one_hot(ix, num_classes):
+    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
+    return np.eye(num_classes, dtype=np.float32)[ix]
+
+
+# %% Engine: new in stage 03
+def cross_entropy(logits, targets):
+    """F.cross_entropy(logits, targets): the mean negative log likelihood of `targets`
+    under softmax(logits), built from the ops above. Subtracting each row's largest logit
+    first changes nothing mathematically (softmax(x - c) = softmax(x)) but keeps exp()
+    from overflowing; the max is taken as a constant, since the result does not depend
+    on it. Then log softmax = shifted - log(sum(exp(shifted))), which never takes log(0)."""
+    n = len(targets)
+    shifted = logits - Tensor(logits.data.max(axis=1, keepdims=True))  # (N, 27), max 0
+    logprobs = shifted - shifted.exp().sum(1, keepdim=True).log()       # (N, 27)
+    return -logprobs[np.arange(n), targets].mean()
+
+
+# %% Engine: new in stage 04
+def _spread(x, dim, ddof, take_sqrt=False):
+    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
+    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
+    double precision and rounded once to x's precision (float32 for training)."""
+    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
+    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
 
 
 if __name__ == "__main__":
