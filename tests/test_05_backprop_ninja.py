@@ -38,7 +38,36 @@ def test_max_gradient_and_values(dim, keepdim):
     gradcheck(Tensor, lambda a: a.max(dim, keepdim=keepdim).values, x)
     values, indices = Tensor(x).max(dim, keepdim=keepdim)
     assert np.array_equal(values.data, x.max(axis=dim, keepdims=keepdim))
-    assert np.array_equal(indices, x.argmax(axis=dim))  # plain integers, like torch's
+    expected = x.argmax(axis=dim)  # plain integers; with keepdim, kept as torch keeps them
+    assert np.array_equal(indices, np.expand_dims(expected, dim) if keepdim else expected)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_gradients(training):
+    x, gain, bias = rand(8, 5, scale=3.0, shift=1.0), rand(5, seed=1), rand(5, seed=2)
+    stats = () if training else (rand(5, seed=3), rand(5, seed=4, shift=5.0) ** 2)
+    gradcheck(Tensor, lambda x, g, b: stage.batch_norm(x, g, b, 1e-5, *stats)[0],
+              x, gain, bias)
+
+
+def _both(f, *arrays):
+    """f's output and the gradients of sum(f * R) for the inputs, in float64."""
+    tensors = [Tensor(a, requires_grad=True) for a in arrays]
+    out = f(*tensors)
+    (out * Tensor(rand(*out.shape, seed=9))).sum().backward()
+    return [out.data] + [t.grad for t in tensors]
+
+
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
+def test_fused_batch_norm_equals_the_written_out_expressions(eps):
+    x, gain, bias = rand(32, 6, scale=2.0, shift=-1.0), rand(1, 6, seed=1), rand(1, 6, seed=2)
+    fused = _both(lambda x, g, b: stage.batch_norm(x, g, b, eps)[0], x, gain, bias)
+    # the lecture's BatchNorm1d layer: x.var() and torch.sqrt
+    layer = _both(lambda x, g, b: g * ((x - x.mean(0, keepdim=True))
+                                       / (x.var(0, keepdim=True) + eps).sqrt()) + b,
+                  x, gain, bias)
+    for a, b in zip(fused, layer):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_max_routes_the_gradient_to_the_largest_element_only():
@@ -191,7 +220,8 @@ def test_exercises_2_and_3(result):
     ex2, ex3 = result["exercise2"], result["exercise3"]
     assert ex2["loss_fast"] == ex2["loss"]  # the fused op and the atomic steps agree
     assert ex2["cmp"]["approximate"] and not ex2["cmp"]["exact"]
-    assert ex2["cmp"]["maxdiff"] == pytest.approx(1.0477e-08, rel=1e-3)  # lecture: ~5e-9
+    # float32 rounding, which depends on the BLAS kernel of the processor: the lecture ~5e-9
+    assert 0 < ex2["cmp"]["maxdiff"] < 2e-8 and ex2["cmp"]["approximate"]
     assert ex2["row_sums"] < 1e-8
     assert round(ex2["pull"], 4) == -0.9779 and ex2["pull"] == pytest.approx(ex2["p"] - 1)
     assert ex3["cmp"]["approximate"] and not ex3["cmp"]["exact"]
@@ -223,10 +253,11 @@ def test_outputs(result):
     assert names == ["dlogits.png", "model.npz", "loss.png"]
     for p in (result["files"][0], result["files"][2]):
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    arrays, config = cli.load_checkpoint(result["files"][1])
-    assert sorted(arrays) == ["C", "W1", "W2", "b1", "b2", "bnbias", "bngain", "bnmean",
-                              "bnvar"]
-    assert arrays["bnvar"].shape == (1, 200) and config["steps"] == 1000
+    with np.load(result["files"][1]) as z:
+        assert sorted(z.files) == ["C", "W1", "W2", "b1", "b2", "bnbias", "bngain", "bnmean",
+                                   "bnvar", "meta.json"]
+        assert z["bnvar"].shape == (1, 200)
+    assert cli.load_checkpoint_meta(result["files"][1])["config"]["steps"] == 1000
 
 
 def test_one_exercise_only(tmp_out):
@@ -239,7 +270,7 @@ def test_one_exercise_only(tmp_out):
 
 @pytest.mark.parametrize("args", [["--exercise", "7"], ["--batch-size", "1"],
                                   ["--backward", "autograd"], ["--steps", "-1"],
-                                  ["--ex-hidden", "0"], ["--n-hidden", "8"],
+                                  ["--ex-hidden", "0"], ["--n-hidden", "0"],
                                   ["--no-such-flag"]])
 def test_bad_input_is_one_line(args):
     assert_one_line_error(run_script("05_backprop_ninja/train.py", *args))

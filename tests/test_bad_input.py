@@ -9,10 +9,15 @@ from conftest import assert_one_line_error, run_script
 SHORT = {
     "02_bigram": ["--steps", "30", "--samples", "2", "--no-plots"],
     "03_mlp": ["--steps", "50", "--samples", "2", "--no-plots"],
+    "04_batchnorm": ["--steps", "50", "--samples", "2", "--no-plots"],
+    "05_backprop_ninja": ["--exercise", "4", "--steps", "50", "--samples", "2",
+                          "--no-plots"],
 }
 DIVERGE = {
     "02_bigram": ["--lr", "1e6"],
     "03_mlp": ["--lr", "1e6"],
+    "04_batchnorm": ["--lr", "1e6", "--init", "original", "--no-batchnorm"],
+    "05_backprop_ninja": ["--lr", "1e6"],
 }
 
 

@@ -18,6 +18,8 @@ SHORT = {
     "01_micrograd": ["--steps", "2", "--no-plots"],
     "02_bigram": ["--steps", "2", "--samples", "1", "--no-plots"],
     "03_mlp": ["--steps", "2", "--samples", "1", "--no-plots"],
+    "04_batchnorm": ["--steps", "2", "--samples", "1", "--no-plots"],
+    "05_backprop_ninja": ["--steps", "2", "--samples", "1", "--no-plots"],
 }
 KERNEL_ARGV = ["/usr/lib/python3/site-packages/ipykernel_launcher.py", "-f",
                "/root/.local/share/jupyter/runtime/kernel-1234.json"]
