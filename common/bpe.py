@@ -48,10 +48,20 @@ at 4.9 MB/s in pure Python (3.2 MB/s without the chunk cache) and 13 MB/s throug
 `to_tiktoken()`. Tiny Shakespeare is 338,025 GPT-2 tokens, 301,829 GPT-4 tokens, and
 310,480 tokens (3.59 bytes per token) with the 4,096-token vocabulary trained on it.
 
-One known difference from tiktoken: the `regex` module (version 2026.5) already has the
-Unicode 17 tables, tiktoken 0.14's compiled patterns do not, so the 4,657 letters and digits
-first assigned in Unicode 17 (CJK Extension J, Tai Yo, ...) can be chunked differently. On
-every other code point the two agree on what is a letter, a number and whitespace.
+One known difference from tiktoken: what counts as a letter, a number or whitespace
+(\\p{L}, \\p{N}, \\s in the split patterns) comes from the Unicode tables built into each
+regular-expression engine: the installed `regex` module's here, those of the Rust regex
+engine compiled into tiktoken there. When the two engines follow different Unicode
+versions, the letters and digits assigned in between (a new CJK extension, a new script)
+can be chunked differently. How many code points that is depends on both installed versions
+(see `pip show regex tiktoken`) and changes when either is upgraded; on every code point
+that both Unicode versions assign alike, the two agree.
+
+A split pattern that does not come with this module (one read from a tokenizer.json, or
+passed in) is used with guards (`make_splitter`): a chunk is always the whole match, also
+when the pattern has capture groups (as in tiktoken); splitting has a time limit, so a
+pattern that backtracks catastrophically is refused instead of hanging; and a pattern that
+skips characters is an error (tiktoken drops them silently).
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ import base64
 import hashlib
 import heapq
 import json
+import operator
 import sys
 import time
 import unicodedata
@@ -106,12 +117,28 @@ _NO_RANK = sys.maxsize       # "this pair is not a token"
 _LONG_PIECE = 128            # chunks longer than this are merged with a heap (n log n)
 _CACHE_SIZE = 200_000        # chunk -> ids results kept by each tokenizer
 _NO_SPLIT = r"[\s\S]+"       # "no split pattern": the whole text is one chunk
+_ID_LIMIT = 2**31            # ids fit a signed 32-bit integer (tiktoken's: unsigned 32-bit)
+
+# Any split pattern other than the built-in ones runs with a time limit: 1 s plus 1
+# microsecond per character of the text (a sane pattern splits several MB/s), so one that
+# backtracks catastrophically is refused instead of hanging. When a tokenizer is made, such
+# a pattern is first tried on a short probe text with long runs of one character, which
+# set off the usual culprits. The limit is not free (regex then splits about half as fast),
+# so the built-in patterns, which cover every text in linear time, go without it.
+_SPLIT_SECONDS = (1.0, 1e-6)
+_PROBE_SECONDS = 0.25
+_PROBE = "".join(ch * 40 + "!" for ch in "a A1 \n.'_-\t\u00e9\u4e00") + (
+    "Hello, World 123! It's 3.14 + x\r\n\t(\u00e9t\u00e9)  \u4f60\u597d \U0001F600") * 3
 
 
 class TokenizerError(cli.UserError, ValueError):
     """Bad input to the tokenizer (an unknown id, a disallowed special token, a damaged
     rank file, a vocabulary smaller than 256). A ValueError, like tiktoken's errors, and a
     UserError, so the command line prints it as one line."""
+
+
+class TokenIdTypeError(TokenizerError, TypeError):
+    """A token id that is not an integer (1.0, "7"): also a TypeError, as in tiktoken."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,6 +346,9 @@ def parse_ranks(raw: bytes, source="rank file") -> dict:
             shown = line[:40].decode("utf-8", errors="backslashreplace")
             raise TokenizerError(f"{source} is damaged: line {lineno} ({shown!r}) is not "
                                  f"'<base64 token> <rank>'") from None
+        if rank >= _ID_LIMIT:
+            raise TokenizerError(f"{source} is damaged: line {lineno} has rank {rank}, "
+                                 f"above the largest token id {_ID_LIMIT - 1}")
         if token in ranks or rank in seen:
             what = f"token {token!r}" if token in ranks else f"rank {rank}"
             raise TokenizerError(f"{source} is damaged: {what} appears twice "
@@ -469,12 +499,87 @@ def _learn_merges(chunks: dict, vocab: dict, vocab_size: int, verbose: bool):
 
 
 # ---------------------------------------------------------------------------------------
+# Split patterns
+
+
+_BUILT_IN_PATTERNS = (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, None)  # cover any text, fast
+
+
+def make_splitter(pattern: str | None, source: str = "the split pattern"):
+    """A function text -> list of chunks for a split pattern (None: the text is one chunk).
+    A bad pattern is a TokenizerError whose message starts with `source`.
+
+    The built-in patterns run as they are. Any other pattern is guarded: a chunk is the
+    whole match, even when the pattern has capture groups (as in tiktoken); splitting stops
+    after _SPLIT_SECONDS (a pattern that backtracks catastrophically is refused, and one
+    that does so on the short _PROBE text already here); and chunks that leave characters
+    out (a pattern such as [a-z]+ on "Hi!") are an error, not lost text.
+
+    >>> make_splitter(r"(\\w)\\w*|\\W")("Hi, you")
+    ['Hi', ',', ' ', 'you']
+    """
+    try:
+        compiled = regex.compile(_NO_SPLIT if pattern is None else pattern)
+    except regex.error as e:
+        raise TokenizerError(f"{source} is not a valid regular expression: {e}") from None
+    if pattern in _BUILT_IN_PATTERNS:
+        return compiled.findall
+    if compiled.flags & regex.REVERSE:
+        raise TokenizerError(f"{source} matches from right to left ((?r)); a split pattern "
+                             f"must chunk the text from left to right")
+
+    def find(text, seconds):
+        if compiled.groups:  # findall would return the groups, not the chunks
+            return [m.group() for m in compiled.finditer(text, timeout=seconds)]
+        return compiled.findall(text, timeout=seconds)
+
+    def split(text):
+        seconds = _SPLIT_SECONDS[0] + _SPLIT_SECONDS[1] * len(text)
+        try:
+            pieces = find(text, seconds)
+            if sum(map(len, pieces)) != len(text):  # the matches leave a gap somewhere
+                at = _first_gap(compiled, text, seconds)
+                raise TokenizerError(f"{source} does not cover the text: character {at} "
+                                     f"({text[at]!r}) is in no chunk and would be lost")
+        except TimeoutError:
+            raise TokenizerError(f"{source} is too slow: splitting {len(text):,} "
+                                 f"characters took over {seconds:.1f} s (catastrophic "
+                                 f"backtracking?); refused") from None
+        return pieces
+
+    try:
+        find(_PROBE, _PROBE_SECONDS)
+    except TimeoutError:
+        raise TokenizerError(f"{source} is too slow: splitting a {len(_PROBE)}-character "
+                             f"test text took over {_PROBE_SECONDS} s (catastrophic "
+                             f"backtracking?); refused") from None
+    return split
+
+
+def _first_gap(compiled, text: str, seconds: float) -> int:
+    """The position of the first character of `text` that no match of `compiled` covers."""
+    at = 0
+    for m in compiled.finditer(text, timeout=seconds):
+        if m.start() > at:
+            break
+        at = m.end()
+    return at
+
+
+# ---------------------------------------------------------------------------------------
 # The tokenizer
 
 
 def _byte_ranks() -> dict:
     """The 256 single bytes, byte b -> token b: an untrained tokenizer."""
     return {bytes([b]): b for b in range(256)}
+
+
+def _check_special_names(names):
+    """Special tokens are non-empty strings (an empty one would match inside every text)."""
+    for s in names:
+        if not isinstance(s, str) or not s:
+            raise TokenizerError(f"special token {s!r} is not a non-empty string")
 
 
 class Tokenizer:
@@ -486,20 +591,23 @@ class Tokenizer:
     """
 
     def __init__(self, ranks: dict | None = None, pattern: str | None = GPT4_SPLIT_PATTERN,
-                 special_tokens: dict | None = None, name: str = "bpe"):
+                 special_tokens: dict | None = None, name: str = "bpe", *,
+                 pattern_source: str = "the split pattern"):
+        # pattern_source: how errors about the pattern name it ("the split pattern in FILE")
         ranks = _byte_ranks() if ranks is None else ranks
         _check_single_bytes(ranks, "the ranks")
         if len(set(ranks.values())) != len(ranks):
             raise TokenizerError("two tokens share a rank; every token needs its own id")
         special_tokens = dict(special_tokens or {})
+        _check_special_names(special_tokens)
+        for i in (min(ranks.values()), max(ranks.values()), *special_tokens.values()):
+            if type(i) is not int or not 0 <= i < _ID_LIMIT:
+                raise TokenizerError(f"token id {i!r} is not a whole number from 0 to "
+                                     f"{_ID_LIMIT - 1}")
         clash = set(special_tokens.values()) & set(ranks.values())
         if clash:
             raise TokenizerError(f"special token id {min(clash)} is also an ordinary token")
-        try:
-            self._split = regex.compile(_NO_SPLIT if pattern is None else pattern).findall
-        except regex.error as e:
-            raise TokenizerError(f"the split pattern is not a valid regular expression: "
-                                 f"{e}") from None
+        self._split = make_splitter(pattern, pattern_source)
         self.ranks, self.pattern, self.name = ranks, pattern, name
         self.special_tokens = special_tokens
         self._merges = None     # learned by train(), else recovered from ranks on demand
@@ -548,6 +656,9 @@ class Tokenizer:
         if int(vocab_size) != vocab_size or vocab_size < 256:
             raise TokenizerError(f"vocab size must be an integer of at least 256 (one token "
                                  f"per byte), got {vocab_size}")
+        if isinstance(special_tokens, str):  # one token given on its own
+            special_tokens = [special_tokens]
+        _check_special_names(special_tokens)
         fresh = Tokenizer(pattern=pattern)  # validates the pattern
         try:
             pieces = fresh._split(text)
@@ -555,8 +666,6 @@ class Tokenizer:
         except UnicodeEncodeError:  # lone surrogates: treat them as tiktoken does
             pieces = fresh._split(fix_surrogates(text))
             chunks = {piece.encode("utf-8"): f for piece, f in Counter(pieces).items()}
-        if isinstance(special_tokens, str):  # one token given on its own
-            special_tokens = [special_tokens]
         vocab = {i: bytes([i]) for i in range(256)}
         merges, history = _learn_merges(chunks, vocab, int(vocab_size), verbose)
         specials = {s: len(vocab) + k for k, s in enumerate(dict.fromkeys(special_tokens))}
@@ -594,6 +703,9 @@ class Tokenizer:
         return ids
 
     def _special_set(self, which, argument: str) -> frozenset:
+        """The strings named by allowed_special or disallowed_special. Names that are not
+        special tokens of this tokenizer are kept, as in tiktoken: encode ignores them when
+        allowed, and refuses text containing them when disallowed."""
         if which == "all":
             return frozenset(self.special_tokens)
         if which in (None, "none"):
@@ -601,10 +713,6 @@ class Tokenizer:
         if isinstance(which, str):
             raise TokenizerError(f"{argument} must be 'all', 'none' or a set of special "
                                  f"tokens, got the string {which!r}")
-        unknown = set(which) - set(self.special_tokens)
-        if unknown:
-            raise TokenizerError(f"{argument}: {sorted(unknown)[0]!r} is not a special token "
-                                 f"of this tokenizer (it has {sorted(self.special_tokens)})")
         return frozenset(which)
 
     def _find_special(self, names: frozenset):
@@ -624,7 +732,8 @@ class Tokenizer:
         >>> gpt4().encode("<|endoftext|>hello world", allowed_special="all")
         [100257, 15339, 1917]
         """
-        allowed = self._special_set(allowed_special, "allowed_special")
+        allowed = self._special_set(allowed_special, "allowed_special") & frozenset(
+            self.special_tokens)
         if disallowed_special == "all":
             disallowed = frozenset(self.special_tokens) - allowed
         else:
@@ -656,6 +765,8 @@ class Tokenizer:
         """
         decoder, out = self._decoder, []
         for i in ids:
+            if type(i) is not int:  # 1.0 == 1 would find token 1: only integers are ids
+                i = _token_id(i)
             token = decoder.get(i)
             if token is None:
                 raise TokenizerError(f"unknown token id {i!r}: this tokenizer's ids are 0 "
@@ -724,12 +835,18 @@ class Tokenizer:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise TokenizerError(f"{meta_path} is damaged (not the JSON that save() writes); "
                                  f"save or train the tokenizer again") from None
+        for s, i in specials.items():
+            if not s or type(i) is not int or not 0 <= i < _ID_LIMIT:
+                raise TokenizerError(f"{meta_path} is damaged: special token {s!r} with "
+                                     f"id {i!r} (a special token needs a name and an id "
+                                     f"from 0 to {_ID_LIMIT - 1})")
         raw = ranks_path.read_bytes()
         if meta.get("ranks_sha256") not in (None, hashlib.sha256(raw).hexdigest()):
             raise TokenizerError(f"rank file {ranks_path} is damaged (its sha256 does not "
                                  f"match {meta_path.name}); save or train the tokenizer again")
         ranks = parse_ranks(raw, f"rank file {ranks_path}")
-        return cls(ranks, pattern, specials, str(meta.get("name", "bpe")))
+        return cls(ranks, pattern, specials, str(meta.get("name", "bpe")),
+                   pattern_source=f"the split pattern in {meta_path}")
 
     def to_tiktoken(self):
         """An equivalent `tiktoken.Encoding` (same ids for every text, many times faster)."""
@@ -738,6 +855,16 @@ class Tokenizer:
                                  pat_str=_NO_SPLIT if self.pattern is None else self.pattern,
                                  mergeable_ranks=dict(self.ranks),
                                  special_tokens=dict(self.special_tokens))
+
+
+def _token_id(i) -> int:
+    """An id given as another integer type (True, numpy.int64) as an int; anything that is
+    not an integer (1.0, "7", None) is a TokenIdTypeError, as tiktoken refuses it."""
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise TokenIdTypeError(f"token id {i!r} is not an integer "
+                               f"({type(i).__name__})") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -838,6 +965,23 @@ def _read_text(path) -> str:
         raise cli.UserError(f"cannot read {path}: {e.strerror}") from None
 
 
+def _read_stdin() -> str:
+    """Standard input as text: strict UTF-8 (anything else is one line naming the first bad
+    byte), line endings translated to "\\n" as for a file read as text."""
+    if sys.stdin is None:
+        raise cli.UserError("no text given, and there is no standard input to read it from")
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # already text (a notebook, a test's StringIO)
+        return sys.stdin.read()
+    raw = stream.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise cli.UserError(f"standard input is not UTF-8 text (byte "
+                            f"0x{raw[e.start]:02x} at offset {e.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _input_text(args) -> str:
     """TEXT from the command line, else --file, else standard input."""
     if args.text is not None and args.file is not None:
@@ -846,19 +990,46 @@ def _input_text(args) -> str:
         return args.text
     if args.file is not None:
         return _read_text(args.file)
-    return sys.stdin.read()
+    return _read_stdin()
+
+
+def _training_text(path) -> str:
+    """The text of a file to train on; an empty file is refused (nothing to learn from)."""
+    text = _read_text(path)
+    if not text:
+        raise cli.UserError(f"file {path} is empty: there is nothing to train on")
+    return text
+
+
+def _parse_ids(words) -> list[int]:
+    """Token ids written in ASCII digits ('٣' or '1_000' are not ids, though int() takes
+    them); anything else is one line naming the word."""
+    ids = []
+    for w in words:
+        if not regex.fullmatch(r"[0-9]+", w):
+            raise cli.UserError(f"decode takes token ids, whole numbers written with the "
+                                f"digits 0-9: {w[:40]!r} is not one")
+        if len(w.lstrip("0")) > 30:  # far beyond any id (int() refuses > 4,300 digits)
+            raise TokenizerError(f"unknown token id {w[:20]}... ({len(w)} digits)")
+        ids.append(int(w))
+    return ids
 
 
 def _cmd_train(args) -> dict:
     if args.vocab_size < 256:
         raise TokenizerError(f"--vocab-size must be at least 256 (one token per byte), "
                              f"got {args.vocab_size}")
-    text = _read_text(args.file)
+    for name in args.special:
+        if not name:
+            raise cli.UserError("--special '' is empty: a special token needs a name, "
+                                "e.g. --special '<|endoftext|>'")
+    text = _training_text(args.file)
+    folder = cli.out_dir(args.out)  # created and checked writable before any training
     start = time.perf_counter()
     tok = Tokenizer().train(text, args.vocab_size, PATTERNS[args.pattern], args.special,
                             verbose=not args.quiet)
     seconds = time.perf_counter() - start
-    folder = tok.save(args.out)
+    tok.save(folder)
     n_bytes, n_tokens = tok.history[0][1], tok.history[-1][1]
     print(f"trained {len(tok.merges)} merges in {seconds:.2f}s: vocabulary "
           f"{tok.vocab_size}, {n_bytes / n_tokens:.3f} bytes per token on {args.file}")
@@ -874,12 +1045,8 @@ def _cmd_encode(args) -> dict:
 
 
 def _cmd_decode(args) -> dict:
-    words = args.ids if args.ids else sys.stdin.read().replace(",", " ").split()
-    try:
-        ids = [int(w) for w in words]
-    except ValueError:
-        raise cli.UserError("decode takes token ids: whole numbers separated by spaces") \
-            from None
+    words = args.ids if args.ids else _read_stdin().replace(",", " ").split()
+    ids = _parse_ids(words)
     text = _get_tokenizer(args.tokenizer).decode(ids)
     print(text)
     return {"text": text}
@@ -896,7 +1063,8 @@ def _cmd_show(args) -> dict:
 
 
 def _cmd_plot(args) -> dict:
-    text = _read_text(args.file)
+    text = _training_text(args.file)
+    folder = cli.out_dir(args.out)  # created and checked writable before any training
     tok = Tokenizer().train(text, args.max_vocab_size, GPT4_SPLIT_PATTERN,
                             verbose=not args.quiet)
     n_bytes = len(text.encode("utf-8"))
@@ -904,8 +1072,8 @@ def _cmd_plot(args) -> dict:
     for label, make in (("GPT-2", gpt2), ("GPT-4", gpt4)):
         ref = make()
         refs[label] = (ref.vocab_size, n_bytes / len(ref.encode(text, disallowed_special=())))
-    path = bytes_per_token_figure(tok.history, cli.out_dir(args.out) / "bytes_per_token.png",
-                                  refs, Path(args.file).name)
+    path = bytes_per_token_figure(tok.history, folder / "bytes_per_token.png", refs,
+                                  Path(args.file).name)
     print(f"wrote {path}")
     return {"figure": str(path)}
 

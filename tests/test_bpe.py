@@ -3,16 +3,22 @@ GPT-2 and GPT-4 ranks, special tokens, save/load, the command line and its error
 
 import base64
 import doctest
+import io
 import json
+import os
 import random
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 import regex
 import tiktoken
 import tiktoken.load
 
-from common import bpe, data
-from conftest import assert_one_line_error, run_script
+from common import bpe, cli, data
+from conftest import ROOT, assert_one_line_error, run_script
 
 # The split patterns as tiktoken's r50k_base and cl100k_base define them, written out here
 # so that a change to the module's constants cannot go unnoticed.
@@ -85,6 +91,15 @@ def tiktoken_from_file(name, pattern, special_tokens):
                              special_tokens=special_tokens)
 
 
+def saved_with(tok, folder, **meta):
+    """Save `tok` into `folder`, then change fields of its tokenizer.json, as a hand edit
+    (or another program) might."""
+    tok.save(folder)
+    path = folder / bpe.META_FILE
+    path.write_text(json.dumps(json.loads(path.read_text()) | meta))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def gpt2_pair():
     return bpe.gpt2(), tiktoken_from_file("r50k_base.tiktoken", TIKTOKEN_R50K_PATTERN,
@@ -117,6 +132,14 @@ def small_tok(shakespeare):
 def test_docstring_examples():
     result = doctest.testmod(bpe)
     assert result.attempted >= 15 and result.failed == 0
+
+
+def test_docstring_names_what_the_unicode_difference_depends_on():
+    # how many code points chunk differently from tiktoken depends on the installed regex
+    # and tiktoken versions, so the module must not pin a number for it
+    doc = " ".join(bpe.__doc__.split())
+    assert "Unicode tables" in doc and "`regex` module" in doc and "pip show regex" in doc
+    assert not regex.search(r"\d[\d,]* (letters|code points|characters)", doc)
 
 
 def test_lecture_example_and_tie_rule():
@@ -288,8 +311,25 @@ def test_special_tokens_follow_tiktoken(gpt2_pair, gpt4_pair):
     assert ours4.encode(text, allowed_special="all") == ref4.encode(text, allowed_special="all")
     with pytest.raises(ValueError, match="<\\|fim_middle\\|>"):
         ours4.encode(text, allowed_special=allowed)
-    with pytest.raises(ValueError, match="not a special token"):
-        ours4.encode("x", allowed_special={"<|nope|>"})
+
+
+def test_unknown_special_names_follow_tiktoken(gpt2_pair):
+    """A name in allowed_special that is not a special token is ignored, as in tiktoken;
+    one in disallowed_special refuses text that contains it, as in tiktoken."""
+    ours, ref = gpt2_pair
+    for text, kwargs in [
+            ("x<|nope|>y", {"allowed_special": {"<|nope|>"}}),
+            ("x<|nope|>y<|endoftext|>", {"allowed_special": {"<|nope|>", "<|endoftext|>"}}),
+            ("x<|nope|>y<|endoftext|>", {"allowed_special": {"<|nope|>"},
+                                        "disallowed_special": ()}),
+            ("plain text", {"disallowed_special": {"<|nope|>"}})]:
+        assert ours.encode(text, **kwargs) == ref.encode(text, **kwargs), kwargs
+    for text, kwargs in [("x<|nope|>y", {"disallowed_special": {"<|nope|>"}}),
+                         ("x<|nope|>y<|endoftext|>", {"allowed_special": {"<|nope|>"}})]:
+        with pytest.raises(ValueError):
+            ref.encode(text, **kwargs)
+        with pytest.raises(ValueError, match="not allowed"):
+            ours.encode(text, **kwargs)
 
 
 def test_decode(gpt2_pair):
@@ -303,6 +343,42 @@ def test_decode(gpt2_pair):
     for bad in ([50257], [-1], [3, 10**9]):
         with pytest.raises(ValueError, match="unknown token id"):
             ours.decode(bad)
+
+
+def test_decode_refuses_non_integer_ids_like_tiktoken(gpt2_pair):
+    ours, ref = gpt2_pair
+    for bad in ([1.0], [31373.0, 995], [np.float64(1)], ["1"], [None]):
+        with pytest.raises(TypeError):
+            ref.decode(bad)
+        with pytest.raises(TypeError, match="is not an integer"):
+            ours.decode(bad)
+    for fine in ([True, False], [np.int64(31373), np.int32(995)]):  # integers: accepted
+        assert ours.decode(fine) == ref.decode(fine)
+
+
+def test_ids_beyond_the_id_range_are_refused(gpt2_pair, small_tok, tmp_path):
+    ours, ref = gpt2_pair
+    for i in (2**31, 2**32, 2**32 + 31373, 2**64, -1):
+        with pytest.raises((KeyError, OverflowError)):
+            ref.decode([i])
+        with pytest.raises(ValueError, match=f"unknown token id {i}"):
+            ours.decode([i])
+    # a saved tokenizer that gives a special token such an id is refused when loaded
+    folder = saved_with(small_tok, tmp_path / "tok",
+                        special_tokens={"<|endoftext|>": 2**32})
+    with pytest.raises(ValueError, match="tokenizer.json is damaged: special token "
+                                         "'<\\|endoftext\\|>' with id 4294967296"):
+        bpe.Tokenizer.load(folder)
+    with pytest.raises(cli.UserError, match="tokenizer.json is damaged") as e:
+        bpe.main(["decode", str(2**32), "--tokenizer", str(folder)])
+    assert "\n" not in str(e.value)
+    # so is a rank file with such a rank, and such an id given directly
+    raw = bpe.format_ranks(small_tok.ranks) + "YWJjZA== 2147483648\n"  # b"abcd"
+    with pytest.raises(ValueError, match="rank 2147483648, above the largest token id "
+                                         "2147483647"):
+        bpe.parse_ranks(raw.encode(), "rank file x")
+    with pytest.raises(ValueError, match="token id 2147483648 is not a whole number"):
+        bpe.Tokenizer(small_tok.ranks, special_tokens={"<|x|>": 2**31})
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,6 +454,70 @@ def test_damaged_files_are_clear_errors(small_tok, tmp_path):
         bpe.gpt2(data_dir=shipped)
 
 
+GROUPED_PATTERN = r"""(')(?:[sdmt]|ll|ve|re)| ?(\p{L})\p{L}*| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+CATASTROPHIC_PATTERN = r"(?:a|a)*$|[\s\S]"  # 2**n steps on a run of n a's not at the end
+
+
+def test_split_pattern_with_capture_groups_chunks_by_whole_matches(small_tok, shakespeare,
+                                                                   tmp_path):
+    folder = saved_with(small_tok, tmp_path / "tok", pattern=GROUPED_PATTERN)
+    loaded = bpe.Tokenizer.load(folder)
+    plain = bpe.Tokenizer(small_tok.ranks, regex.sub(r"\((?!\?)", "(?:", GROUPED_PATTERN))
+    assert plain._split("it's") == ["it", "'s"]
+    text = shakespeare[:5000] + "".join(EDGE_CASES[:30])
+    ids = loaded.encode(text)
+    assert ids == plain.encode(text)                            # groups change nothing
+    assert ids == loaded.to_tiktoken().encode(text)             # tiktoken: whole matches
+    assert loaded.decode(ids) == text
+
+
+def test_split_pattern_that_skips_characters_is_refused(small_tok, tmp_path):
+    folder = saved_with(small_tok, tmp_path / "tok", pattern="[a-z]+")
+    tok = bpe.Tokenizer.load(folder)
+    assert tok.decode(tok.encode("hello")) == "hello"  # text it covers still encodes
+    for text, at in (("Hello, World 123", "character 0 \\('H'\\)"),
+                     ("hello, world", "character 5 \\(','\\)"),
+                     ("hello!", "character 5 \\('!'\\)")):
+        with pytest.raises(ValueError, match=f"json does not cover the text: {at}"):
+            tok.encode(text)
+    with pytest.raises(ValueError, match="does not cover the text"):
+        bpe.Tokenizer().train("Hello there", 260, pattern="[a-z]+")
+    with pytest.raises(cli.UserError, match="does not cover the text") as e:
+        bpe.main(["encode", "Hello, World 123", "--tokenizer", str(folder)])
+    assert str(folder) in str(e.value) and "\n" not in str(e.value)  # one line, naming it
+
+
+def test_catastrophic_split_pattern_is_refused(small_tok, tmp_path, monkeypatch):
+    # caught when the tokenizer is loaded: its pattern is tried on a short probe text
+    folder = saved_with(small_tok, tmp_path / "tok", pattern=CATASTROPHIC_PATTERN)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="split pattern in .*tokenizer.json is too slow"):
+        bpe.Tokenizer.load(folder)
+    assert time.perf_counter() - start < 10  # refused, not left running for minutes
+    with pytest.raises(cli.UserError, match="tokenizer.json is too slow") as e:
+        bpe.main(["encode", "a" * 40, "--tokenizer", str(folder)])
+    assert "\n" not in str(e.value)
+    # one that the probe does not set off is stopped by the time limit on splitting
+    tok = bpe.Tokenizer(small_tok.ranks, r"(?:q|q)*$|[\s\S]")
+    assert tok.decode(tok.encode("qq! q")) == "qq! q"
+    monkeypatch.setattr(bpe, "_SPLIT_SECONDS", (0.05, 0.0))
+    with pytest.raises(ValueError, match="too slow: splitting 23 characters took over"):
+        tok.encode("q" * 22 + "!")
+    # the built-in patterns run as they are: no time limit, no extra pass over the chunks
+    for pattern in (bpe.GPT2_SPLIT_PATTERN, bpe.GPT4_SPLIT_PATTERN):
+        assert bpe.make_splitter(pattern) == regex.compile(pattern).findall
+
+
+def test_empty_special_token_name_is_refused(small_tok, tmp_path):
+    with pytest.raises(ValueError, match="special token '' is not a non-empty string"):
+        bpe.Tokenizer().train("hello", 260, special_tokens=["<|a|>", ""])
+    with pytest.raises(ValueError, match="special token '' is not a non-empty string"):
+        bpe.Tokenizer(special_tokens={"": 256})
+    folder = saved_with(small_tok, tmp_path / "tok", special_tokens={"": 512})
+    with pytest.raises(ValueError, match="tokenizer.json is damaged: special token ''"):
+        bpe.Tokenizer.load(folder)
+
+
 # ---------------------------------------------------------------------------------------
 # Command line
 
@@ -422,6 +562,7 @@ def test_show_colours_alternate(gpt2_pair):
     (["train", "no/such/file.txt", "--vocab-size", "300", "--out", "{tmp}"], "not found"),
     (["decode", "31373", "99999999"], "unknown token id 99999999"),
     (["decode", "hello"], "whole numbers"),
+    (["decode", "\u0663"], "digits 0-9: '\u0663' is not one"),  # an Arabic-Indic 3
     (["encode", "a<|endoftext|>b"], "not allowed"),
     (["encode", "x", "--tokenizer", "{tmp}"], "not found"),
     (["show", "x", "--color", "purple"], "invalid choice"),
@@ -443,3 +584,58 @@ def test_plot_writes_the_figure(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().out.strip() == f"wrote {png}"
 
+
+def test_decode_reads_ascii_digits_only():
+    assert bpe._parse_ids(["31373", "0995", "0" * 40 + "7"]) == [31373, 995, 7]
+    for word in ["\u0663", "\u0661\u0662", "1_000", "+5", "-1", "1.0", "\uff11"]:
+        with pytest.raises(cli.UserError, match="digits 0-9"):
+            bpe._parse_ids([word])
+    with pytest.raises(cli.UserError, match="unknown token id 99999"):
+        bpe._parse_ids(["9" * 5000])  # more digits than int() takes: still one line
+
+
+@pytest.mark.parametrize("command, text, out, extra, expected", [
+    ("train", "", "out", [], "is empty: there is nothing to train on"),
+    ("train", "hi there\n" * 50, "out", ["--special", "<|endoftext|>", "--special", ""],
+     "--special '' is empty"),
+    ("train", "hi there\n" * 50, "corpus.txt/tok", [], "corpus.txt/tok"),  # under a file
+    ("plot", "hi there\n" * 50, "corpus.txt/tok", [], "corpus.txt/tok"),
+], ids=["empty text", "empty special token", "out under a file", "plot out under a file"])
+def test_cli_train_refuses_before_training(command, text, out, extra, expected, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    sizes = ["--vocab-size" if command == "train" else "--max-vocab-size", "300"]
+    result = run_script("-m", "common.bpe", command, corpus, *sizes, "--out", tmp_path / out,
+                        *extra)
+    assert expected in assert_one_line_error(result)
+    assert result.stdout == ""  # refused before any training
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]  # nothing written
+
+
+def test_cli_train_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # where an empty --out would otherwise write
+    (tmp_path / "corpus.txt").write_text("hello world, hello there\n" * 50)
+    with pytest.raises(cli.UserError, match="empty") as e:
+        bpe.main(["train", "corpus.txt", "--vocab-size", "300", "--out", ""])
+    assert "\n" not in str(e.value)
+    assert capsys.readouterr().out == ""  # no training
+    assert os.listdir(tmp_path) == ["corpus.txt"]
+
+
+def test_cli_standard_input_must_be_utf8(monkeypatch, capsys):
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")
+    result = subprocess.run([sys.executable, "-m", "common.bpe", "encode"], cwd=ROOT,
+                            env=env, input=b"hello \xff\xfe world", capture_output=True,
+                            timeout=60)
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    line = assert_one_line_error(result)
+    assert "standard input is not UTF-8 text (byte 0xff at offset 6)" in line
+    # in the same process: decode reads ids from standard input the same way
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"31373, \xe9")))
+    with pytest.raises(cli.UserError, match="not UTF-8 text \\(byte 0xe9 at offset 7\\)"):
+        bpe.main(["decode"])
+    for raw, command, printed in ((b"31373, 995\n", ["decode"], "hello world\n"),
+                                  (b"a\r\nb", ["encode"], "64 198 65\n")):  # "a\nb"
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+        bpe.main(command)
+        assert capsys.readouterr().out == printed
