@@ -361,6 +361,73 @@ def manual_backward(params, Xb, Yb):
     return loss, [dC, dW1, db1, dW2, db2, dbngain, dbnbias]
 
 
+# %% Model: stage 04's layers
+# Not used by this lecture, which takes the network apart by hand; stage 06 builds on them.
+class Linear:
+    """torch.nn.Linear's computation, x @ weight + bias, with weights drawn from `generator`
+    and divided by sqrt(fan_in): unit-variance inputs then give unit-variance outputs."""
+
+    def __init__(self, fan_in, fan_out, bias=True, generator=None):
+        self.weight = Tensor(rng.randn(fan_in, fan_out, generator=generator) / fan_in**0.5,
+                             requires_grad=True)          # (fan_in, fan_out)
+        self.bias = Tensor(np.zeros(fan_out, dtype=np.float32), requires_grad=True) \
+            if bias else None
+
+    def __call__(self, x):
+        self.out = x @ self.weight
+        if self.bias is not None:
+            self.out = self.out + self.bias
+        return self.out
+
+    def parameters(self):
+        return [self.weight] + ([] if self.bias is None else [self.bias])
+
+
+class BatchNorm1d:
+    """torch.nn.BatchNorm1d, as the lecture writes it: every feature is normalized over
+    the batch, then scaled and shifted by the trained gamma and beta. While `training`,
+    the batch's mean and variance are used and the running buffers follow them with
+    `momentum`; otherwise the buffers are used."""
+
+    def __init__(self, dim, eps=1e-5, momentum=0.1):
+        self.eps, self.momentum = eps, momentum
+        self.training = True
+        # parameters (trained with backprop)
+        self.gamma = Tensor(np.ones(dim, dtype=np.float32), requires_grad=True)
+        self.beta = Tensor(np.zeros(dim, dtype=np.float32), requires_grad=True)
+        # buffers (trained with a running "momentum update")
+        self.running_mean = np.zeros(dim, dtype=np.float32)
+        self.running_var = np.ones(dim, dtype=np.float32)
+
+    def __call__(self, x):
+        # calculate the forward pass
+        if self.training:
+            xmean = x.mean(0, keepdim=True)               # (1, dim) batch mean
+            xvar = x.var(0, keepdim=True)                 # (1, dim) batch variance
+        else:
+            xmean, xvar = Tensor(self.running_mean), Tensor(self.running_var)
+        xhat = (x - xmean) / (xvar + self.eps).sqrt()     # normalize to unit variance
+        self.out = self.gamma * xhat + self.beta
+        # update the buffers (numpy on .data: no graph, torch.no_grad() in the lecture)
+        if self.training:
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * xmean.data[0]
+            self.running_var = (1 - m) * self.running_var + m * xvar.data[0]
+        return self.out
+
+    def parameters(self):
+        return [self.gamma, self.beta]
+
+
+class Tanh:
+    def __call__(self, x):
+        self.out = x.tanh()
+        return self.out
+
+    def parameters(self):
+        return []
+
+
 # %% Training
 def learning_rate(cfg, step):
     """The lecture's schedule: lr for the first lr_decay_step steps, then lr / 10."""

@@ -6,9 +6,9 @@ into one hidden layer at once: like WaveNet, it fuses two characters, then two p
 two quadruples (a tree of three Linear -> BatchNorm1d -> Tanh blocks). The layers become
 torch.nn-style building blocks (`Embedding`, `FlattenConsecutive`, `Sequential`, with
 stage 04's `Linear`, `BatchNorm1d`, `Tanh`), `model.parameters()` and a `training` flag;
-BatchNorm1d learns to handle 3-D input (the lecture's bug and its fix). The engine's matmul
-takes a stack of matrices, `(B, T, C) @ (C, N)`, and the fused `batch_norm` reduces over
-several dimensions. Beyond the lecture: the same tree computed as WaveNet does, with
+BatchNorm1d learns to handle 3-D input (the lecture's bug and its fix), on the fused
+`batch_norm` of stage 05, which reduces over several dimensions. The engine gains
+`squeeze` and `ndim`. Beyond the lecture: the same tree computed as WaveNet does, with
 dilated causal convolutions (`conv1d`, `Conv1d`, `--conv`) over whole names at once.
 
     python 06_wavenet/train.py                       # the lecture's final model (~6 min)
@@ -43,13 +43,16 @@ from collections import namedtuple
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# The matrices are small (128 x 48 @ 48 x 128 at most): a second BLAS thread only waits
-# for the first. Measured on 2 cores shared with other work (tests/benchmarks/
-# bench_wavenet.py): 1.2 ms/step of CPU with one thread, 11 with two. Must precede numpy.
+# One BLAS thread: the matrices here are small, and on a busy 2-core machine a second
+# thread mostly waits for the other core (tests/benchmarks/README.md has the measurements).
+# Must precede numpy's import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+# to import common/: from the repository root, or (in a notebook, which has no __file__)
+# from the folder above the stage's, where the notebook runs
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+sys.path.insert(0, str(ROOT))
 from common import cli, data, rng  # noqa: E402
 
 
@@ -67,28 +70,28 @@ class Config:
                                 "convolutions (kernel 2, dilation 1, 2, 4) and train it "
                                 "on whole names at once")
     block_size: int = cli.arg(8, "context length: how many characters predict the next "
-                                 "(a power of 2 for the hierarchical model)")
-    n_embd: int = cli.arg(24, "dimensions of each character's embedding")
-    n_hidden: int = cli.arg(128, "neurons in each hidden layer")
+                                 "(a power of 2 for the hierarchical model)", min=1, max=32)
+    n_embd: int = cli.arg(24, "dimensions of each character's embedding", min=1, max=1000)
+    n_hidden: int = cli.arg(128, "neurons in each hidden layer", min=1, max=10_000)
     batchnorm_bug: bool = cli.arg(False, "the lecture's first BatchNorm1d: on 3-D input "
                                          "(B, T, C) it averages over dimension 0 only, so "
                                          "each position gets its own statistics")
-    steps: int = cli.arg(200_000, "training steps (minibatches)")
-    batch_size: int = cli.arg(32, "examples per minibatch")
+    steps: int = cli.arg(200_000, "training steps (minibatches)", min=0)
+    batch_size: int = cli.arg(32, "examples per minibatch (BatchNorm: one example has no "
+                                  "spread to normalize by)", min=2, max=100_000)
     batch_names: int = cli.arg(4, "with --conv: whole names per minibatch (4 names are "
-                                  "28.5 characters to predict, on average)")
-    lr: float = cli.arg(0.1, "learning rate")
-    lr_decay_step: int = cli.arg(150_000, "from this step on the learning rate is lr / 10")
+                                  "28.5 characters to predict, on average)", min=1,
+                               max=10_000)
+    lr: float = cli.arg(0.1, "learning rate", min=1e-9, max=1e6)
+    lr_decay_step: int = cli.arg(150_000, "from this step on the learning rate is lr / 10",
+                                 min=0)
     seed: int = cli.arg(42, "seed of the global generator (the lecture's "
-                            "torch.manual_seed(42))")
-    samples: int = cli.arg(20, "names to sample after training")
+                            "torch.manual_seed(42))", min=0, max=2**64 - 1)
+    samples: int = cli.arg(20, "names to sample after training", min=0, max=10_000)
     out: str = cli.arg("out/06_wavenet", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
 
     def check(self):
-        cli.check(1 <= self.block_size <= 32,
-                  f"--block-size must be in [1, 32] (names are at most 15 characters), "
-                  f"got {self.block_size}")
         if self.model == "hierarchical":
             cli.check(self.block_size >= 2 and self.block_size & (self.block_size - 1) == 0,
                       f"the hierarchical model fuses pairs, so --block-size must be a "
@@ -99,23 +102,6 @@ class Config:
         cli.check(not self.batchnorm_bug or (self.model == "hierarchical" and not self.conv),
                   "--batchnorm-bug is about the hierarchical model's 3-D BatchNorm input "
                   "(not --model flat, not --conv)")
-        cli.check(self.n_embd >= 1, f"--n-embd must be >= 1, got {self.n_embd}")
-        cli.check(self.n_hidden >= 1, f"--n-hidden must be >= 1, got {self.n_hidden}")
-        first = (self.block_size if self.model == "flat" else 2) * self.n_embd
-        cli.check(min(first, 2 * self.n_hidden) * self.n_hidden >= 16,
-                  "--n-embd and --n-hidden are too small: every weight needs at least 16 "
-                  "numbers (torch.randn draws fewer another way, not reproduced here)")
-        cli.check(self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
-        cli.check(self.batch_size >= 2,
-                  f"--batch-size must be >= 2 (BatchNorm: one example has no spread to "
-                  f"normalize by), got {self.batch_size}")
-        cli.check(self.batch_names >= 1, f"--batch-names must be >= 1, got "
-                                         f"{self.batch_names}")
-        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        cli.check(self.lr_decay_step >= 0,
-                  f"--lr-decay-step must be >= 0, got {self.lr_decay_step}")
-        cli.check(self.samples >= 0, f"--samples must be >= 0, got {self.samples}")
-        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
 
 
 # %% Data
@@ -140,399 +126,6 @@ def name_rows(words, block_size, stoi):
         X[i, block_size:block_size + len(w)] = ix
         Y[i, :len(w) + 1] = ix + [0]
     return X, Y, lengths
-
-
-# %% Engine
-class no_grad:
-    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
-
-    enabled = True  # is the graph being recorded?
-
-    def __enter__(self):
-        self.prev, no_grad.enabled = no_grad.enabled, False
-
-    def __exit__(self, *exc):
-        no_grad.enabled = self.prev
-
-
-def _unbroadcast(grad, shape):
-    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
-    broadcasting added in front, and those it stretched from size 1."""
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
-    return grad.sum(axis=axes, keepdims=True).reshape(shape)
-
-
-def _matmul(a, b):
-    """a @ b; a stack of matrices times one matrix, (B, T, C) @ (C, N), as ONE
-    (B*T, C) @ (C, N) matmul: numpy would multiply the B small matrices one by one."""
-    if b.ndim == 2 < a.ndim:
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
-    return a @ b
-
-
-def _spread(x, dim, ddof, take_sqrt=False):
-    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
-    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
-    double precision and rounded once to x's precision (float32 for training)."""
-    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
-    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
-
-
-# what torch's max(dim) returns: the largest values (a Tensor) and where they are (ints)
-MaxResult = namedtuple("MaxResult", ["values", "indices"])
-
-
-class Tensor:
-    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
-    the scalar replaced by an array. Each op computes its result with numpy and stores a
-    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
-
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
-
-    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
-        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
-                                  and data.dtype.kind == "f"):
-            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
-        self.data = np.asarray(data, dtype=dtype)
-        self.grad = None
-        # an op's result needs a gradient if any input does (and we are recording)
-        self.requires_grad = requires_grad or (
-            no_grad.enabled and any(c.requires_grad for c in _children))
-        self._prev = _children if self.requires_grad else ()
-        self._backward = None
-        self._op = _op
-
-    def _accumulate(self, grad):
-        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
-        because a tensor used twice receives a gradient from each use."""
-        if not self.requires_grad:
-            return
-        grad = _unbroadcast(grad, self.data.shape)
-        self.grad = grad if self.grad is None else self.grad + grad
-
-    def _wrap(self, other):
-        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
-
-    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
-    def __add__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
-
-        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
-            self._accumulate(g)
-            other._accumulate(g)
-        out._backward = _backward
-        return out
-
-    def __mul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
-
-        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
-            self._accumulate(g * other.data)
-            other._accumulate(g * self.data)
-        out._backward = _backward
-        return out
-
-    def __truediv__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
-
-        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
-            self._accumulate(g / other.data)
-            other._accumulate(-g * self.data / other.data**2)
-        out._backward = _backward
-        return out
-
-    def __pow__(self, k):
-        assert isinstance(k, (int, float)), "only a number exponent is supported"
-        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
-
-        def _backward(g):  # d(a**k)/da = k * a**(k-1)
-            self._accumulate(g * k * self.data ** (k - 1))
-        out._backward = _backward
-        return out
-
-    def __matmul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(_matmul(self.data, other.data), _children=(self, other), _op="@")
-
-        def _backward(g):  # (N, K) @ (K, M): dA = g @ B.T, dB = A.T @ g
-            if self.requires_grad:
-                self._accumulate(_matmul(g, other.data.T))
-            if other.requires_grad:  # (B, T, K) @ (K, M): dB sums over all B*T rows,
-                a = self.data.reshape(-1, self.data.shape[-1])  # in one matmul
-                other._accumulate(a.T @ g.reshape(-1, g.shape[-1]))
-        out._backward = _backward
-        return out
-
-    def __neg__(self):
-        return self * -1.0
-
-    def __sub__(self, other):
-        return self + (-self._wrap(other))
-
-    def __radd__(self, other):  # 1 + a
-        return self + other
-
-    def __rsub__(self, other):  # 1 - a
-        return self._wrap(other) - self
-
-    def __rmul__(self, other):  # 2 * a
-        return self * other
-
-    def __rtruediv__(self, other):  # 1 / a
-        return self._wrap(other) / self
-
-    # -- elementwise functions --
-    def exp(self):
-        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
-        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
-        return out
-
-    def log(self):
-        out = Tensor(np.log(self.data), _children=(self,), _op="log")
-        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
-        return out
-
-    def tanh(self):
-        out = Tensor(np.tanh(self.data), _children=(self,), _op="tanh")
-        out._backward = lambda g: self._accumulate(g * (1 - out.data**2))  # 1 - tanh**2
-        return out
-
-    def sqrt(self):
-        out = Tensor(np.sqrt(self.data), _children=(self,), _op="sqrt")
-        out._backward = lambda g: self._accumulate(g / (2 * out.data))  # 1 / (2 sqrt(a))
-        return out
-
-    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
-    def sum(self, dim=None, keepdim=False):
-        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
-            self._accumulate(np.broadcast_to(g, self.data.shape))
-        out._backward = _backward
-        return out
-
-    def mean(self, dim=None, keepdim=False):
-        n = self.data.size if dim is None else self.data.shape[dim]
-        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
-                     _op="mean")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)
-            self._accumulate(np.broadcast_to(g / n, self.data.shape))
-        out._backward = _backward
-        return out
-
-    def max(self, dim, keepdim=False):
-        """The largest element along dim and its index, as torch's `max(dim)`: a pair
-        (values, indices). Only the largest element decides the result, so the gradient
-        flows to it alone: a max routes the gradient like a switch (a one-hot mask).
-        The indices are plain integers, with no gradient."""
-        indices = self.data.argmax(axis=dim)                  # (N,) the first largest
-        where = np.expand_dims(indices, dim)                  # (N, 1) for take/put
-        values = np.take_along_axis(self.data, where, axis=dim)
-        out = Tensor(values if keepdim else np.squeeze(values, axis=dim),
-                     _children=(self,), _op="max")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            np.put_along_axis(grad, where, g.reshape(where.shape), axis=dim)
-            self._accumulate(grad)
-        out._backward = _backward
-        return MaxResult(out, indices)
-
-    # -- spread: how far the numbers are from their mean (BatchNorm divides by it) --
-    def var(self, dim=None, keepdim=False, unbiased=True):
-        """The mean squared distance from the mean; divided by n - 1 instead of n when
-        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
-        to the samples than the true mean does, so dividing by n would come out small)."""
-        ddof = 1 if unbiased else 0
-        var = _spread(self.data, dim, ddof)                   # reduced dims kept as 1
-        d = self.data.size // var.size - ddof                 # the divisor: n - 1 or n
-        out = Tensor(var if keepdim else np.squeeze(var, axis=dim), _children=(self,),
-                     _op="var")
-
-        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
-            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
-            self._accumulate(g.reshape(var.shape) * 2 * dev / d)  # deviations sum to 0)
-        out._backward = _backward
-        return out
-
-    def std(self, dim=None, keepdim=False, unbiased=True):
-        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
-        ddof = 1 if unbiased else 0
-        std = _spread(self.data, dim, ddof, take_sqrt=True)
-        d = self.data.size // std.size - ddof
-        out = Tensor(std if keepdim else np.squeeze(std, axis=dim), _children=(self,),
-                     _op="std")
-
-        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
-            dev = self.data - self.data.mean(axis=dim, keepdims=True)
-            self._accumulate(g.reshape(std.shape) * dev / (d * std))
-        out._backward = _backward
-        return out
-
-    # -- indexing: probs[arange(n), ys] picks one probability per row --
-    def __getitem__(self, idx):
-        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
-            if isinstance(idx, tuple) else idx
-        out = Tensor(self.data[idx], _children=(self,), _op="[]")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
-            self._accumulate(grad)
-        out._backward = _backward
-        return out
-
-    # -- shape: the same numbers, seen as a different shape (no copy, like torch's view) --
-    def view(self, *shape):
-        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
-        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
-        return out
-
-    reshape = view
-
-    def squeeze(self, dim):
-        """Drop dimension `dim` if its size is 1: (B, 1, C) -> (B, C). Also a view."""
-        if self.data.shape[dim] != 1:
-            return self
-        dim %= self.data.ndim
-        return self.view(*(n for i, n in enumerate(self.data.shape) if i != dim))
-
-    # -- backpropagation --
-    def backward(self):
-        """Fill .grad of every tensor this one depends on. The graph is ordered
-        topologically with an explicit stack (no recursion limit), then each op's
-        _backward runs from the output back to the inputs."""
-        topo, visited, stack = [], set(), [(self, False)]
-        while stack:
-            node, children_done = stack.pop()
-            if children_done:
-                topo.append(node)  # after everything it depends on
-            elif id(node) not in visited:
-                visited.add(id(node))
-                stack.append((node, True))
-                stack.extend((child, False) for child in node._prev)
-        self.grad = np.ones_like(self.data)  # d self / d self = 1
-        for node in reversed(topo):
-            if node._backward is not None and node.grad is not None:
-                node._backward(node.grad)
-
-    # -- conveniences --
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def ndim(self):
-        return self.data.ndim
-
-    def item(self):
-        return self.data.item()
-
-    def __repr__(self):
-        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
-
-
-def cross_entropy(logits, targets):
-    """F.cross_entropy: the mean negative log likelihood of `targets` under
-    softmax(logits), as ONE op. Subtracting each row's max before exp() keeps exp() from
-    overflowing (softmax does not change when a constant is subtracted from a row), and
-    the backward pass is the short formula (softmax - one-hot(targets)) / N instead of a
-    chain of exp, sum, divide, index and log ops."""
-    x = logits.data                                       # (N, 27)
-    n = len(targets)
-    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
-    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    logprobs = shifted - log_norm                         # (N, 27) log softmax
-    out = Tensor(-logprobs[np.arange(n), targets].mean(), _children=(logits,),
-                 _op="cross_entropy")
-
-    def _backward(g):
-        dlogits = np.exp(logprobs)                        # softmax
-        dlogits[np.arange(n), targets] -= 1               # minus one-hot
-        logits._accumulate(g * dlogits / n)
-    out._backward = _backward
-    return out
-
-
-def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
-    """BatchNorm as ONE op (F.batch_norm): every feature (the last dimension, D) of x is
-    shifted by a mean and divided by sqrt(var + eps), then scaled by `gain` and shifted by
-    `bias` (D,). Without `mean` and `var` (training) they are the batch's own, taken over
-    the dimensions `dims` ((0,) for (N, D) input, (0, 1) for (B, T, D)), the variance
-    unbiased as in the lecture, and a gradient flows through them; returns (out, mean,
-    var), the reduced dimensions kept as size 1 as the lecture's keepdim=True does, so the
-    caller can update its running estimates. Given `mean` and `var` (evaluation: the
-    running estimates), they are constants.
-
-    The backward pass is derived by hand (makemore part 4 does it on paper): with
-    xhat = (x - mean) / sqrt(var + eps), s = gain / sqrt(var + eps) and N values per
-    statistic,
-        dx = s / N * (N dout - sum(dout) - N / (N - 1) * xhat * sum(dout * xhat))
-    one formula instead of a chain of mean, subtract, var, add, sqrt, divide, multiply and
-    add ops, each with its own backward pass and intermediate arrays."""
-    training = mean is None
-    if training:
-        mean = x.data.mean(axis=dims, keepdims=True)          # (1, D) or (1, 1, D)
-        var = _spread(x.data, dims, ddof=1)                   # unbiased variance, same shape
-        n = x.data.size // mean.size                          # values per statistic
-    # divide by sqrt(var + eps) as the lecture's layer does (not multiply by its inverse),
-    # so that float32 results are the very same numbers
-    xhat = (x.data - mean) / np.sqrt(var + eps)               # x's shape
-    out = Tensor(gain.data * xhat + bias.data, _children=(x, gain, bias), _op="batch_norm")
-
-    def _backward(g):
-        gain._accumulate(g * xhat)  # summed over the batch by _accumulate
-        bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # (D,)
-        if training:  # the statistics depend on x too
-            dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
-                          - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))
-            x._accumulate(dx)
-        else:
-            x._accumulate(g * s)
-    out._backward = _backward
-    return out, mean, var
-
-
-# %% Engine: the dilated causal convolution (beyond the lecture)
-def conv1d(x, weight, dilation):
-    """A convolution with kernel size 2 along the time axis of x (B, T, C), channels last,
-    without padding: output t sees input positions t and t + dilation,
-        out[:, t] = cat(x[:, t], x[:, t + dilation]) @ weight      (B, T - dilation, N)
-    with weight (2C, N), the older position's C rows first. It is causal: output t only
-    looks back from input position t + dilation, never ahead. With dilation 1 it is
-    FlattenConsecutive(2) -> Linear computed at every position instead of every second
-    one; stacking dilations 1, 2, 4 gives each output a context of 8 characters (WaveNet,
-    van den Oord et al. 2016). As ONE op: one matmul forward, two backward."""
-    B, T, C = x.shape
-    assert 0 < dilation < T, f"dilation {dilation} needs more than {dilation} positions"
-    pairs = np.concatenate([x.data[:, :-dilation], x.data[:, dilation:]], axis=2)
-    out = Tensor(_matmul(pairs, weight.data), _children=(x, weight), _op="conv1d")
-
-    def _backward(g):  # g (B, T - dilation, N): the matmul's rules, then un-pair
-        if weight.requires_grad:
-            weight._accumulate(pairs.reshape(-1, 2 * C).T @ g.reshape(-1, g.shape[-1]))
-        if x.requires_grad:
-            dpairs = _matmul(g, weight.data.T)                # (B, T - dilation, 2C)
-            dx = np.zeros_like(x.data)
-            dx[:, :-dilation] += dpairs[:, :, :C]  # every position is the older half of
-            dx[:, dilation:] += dpairs[:, :, C:]   # one pair and the newer half of another
-            x._accumulate(dx)
-    out._backward = _backward
-    return out
-
 
 
 # %% Model
@@ -854,10 +447,21 @@ def train(cfg, model, Xtr, Ytr, names=None, quiet=False):
         for p in parameters:
             p.data += -lr * p.grad
         # track stats
-        lossi.append(cli.finite(loss.item()))
+        lossi.append(loss.item())
         chars += n
         progress.update(i, lossi[-1], lr)
     return lossi, chars
+
+
+def save_model(path, model, cfg):
+    """Every layer's parameters and buffers, and the config, in one file."""
+    arrays = {}
+    for i, layer in enumerate(model.layers):
+        for name in ("weight", "bias", "gamma", "beta", "running_mean", "running_var"):
+            value = getattr(layer, name, None)
+            if value is not None:
+                arrays[f"layers.{i}.{name}"] = getattr(value, "data", value)
+    cli.save_checkpoint(path, arrays, dict(config=asdict(cfg)))
 
 
 def set_training(model, training):
@@ -899,16 +503,17 @@ def show_eval_mode_pitfall(model, block_size):
 
 
 # %% Sampling
-def sample_names(model, cfg, n, itos):
+def sample_names(model, cfg, n, itos, max_len=100):
     """Sample n names: start from a context of '.', draw the next character from the
     softmax with torch.multinomial's default sampling (without replacement), slide the
     context, stop at '.'. `model` maps contexts (1, block_size) to logits (1, 27) in
     evaluation mode (the convolutional model to (1, 1, 27)). The draws come from the
-    global generator, continuing after training's, as in the lecture."""
+    global generator, continuing after training's, as in the lecture. A name stops at
+    max_len characters: a badly trained model may never draw the '.'."""
     names = []
     for _ in range(n):
         out, context = [], [0] * cfg.block_size
-        while True:
+        while len(out) < max_len:
             with no_grad():
                 logits = model(np.array([context])).view(1, -1)     # (1, 27)
                 probs = logits.data - logits.data.max()
@@ -955,6 +560,7 @@ def describe(cfg):
 
 def main(argv=None) -> dict:
     cfg = cli.parse_config(Config, argv, __doc__, prog="06_wavenet/train.py")
+    out = cli.out_dir(cfg.out)  # fail now on an unusable folder, not after training
     cli.keep_freed_memory()  # evaluating 182,625 examples makes big arrays: reuse them
     words = data.load_names()
     stoi, itos = data.names_vocab(words)
@@ -996,7 +602,12 @@ def main(argv=None) -> dict:
           f"{cfg.lr_decay_step}, " + (f"{cfg.batch_names} whole names per step"
                                       if cfg.conv else f"{cfg.batch_size} examples per step"))
     start, cpu_start = time.perf_counter(), time.process_time()
-    lossi, chars = train(cfg, conv or model, Xtr, Ytr, names["train"] if names else None)
+    try:
+        lossi, chars = train(cfg, conv or model, Xtr, Ytr, names["train"] if names else None)
+    except KeyboardInterrupt:  # Ctrl-C: keep the model trained so far
+        save_model(out / "model.npz", model, cfg)
+        print(f"\nthe model trained so far is in {out / 'model.npz'}")
+        raise
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     speed = dict(seconds=seconds, cpu_seconds=cpu,
                  ms_per_step=1000 * seconds / max(cfg.steps, 1),
@@ -1027,14 +638,7 @@ def main(argv=None) -> dict:
     names_out = sample_names(conv or model, cfg, cfg.samples, itos)
     print("\n== Samples\n  " + " ".join(names_out))
 
-    out = cli.out_dir(cfg.out)
-    arrays = {}
-    for i, layer in enumerate(model.layers):
-        for name in ("weight", "bias", "gamma", "beta", "running_mean", "running_var"):
-            value = getattr(layer, name, None)
-            if value is not None:
-                arrays[f"layers.{i}.{name}"] = getattr(value, "data", value)
-    cli.save_checkpoint(out / "model.npz", arrays, asdict(cfg))
+    save_model(out / "model.npz", model, cfg)
     cli.write_text(out / "samples.txt", "\n".join(names_out) + "\n")
     files = [str(out / "model.npz"), str(out / "samples.txt")]
     if cfg.plots and lossi:
@@ -1045,6 +649,464 @@ def main(argv=None) -> dict:
                 n_params=n_params, shapes=shapes, running_shapes=running_shapes,
                 lossi=lossi, **final, conv=conv_final, pitfall=pitfall,
                 samples=names_out, chars=chars, **speed, files=files)
+
+
+# %% Engine
+# Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
+# file like a library; each stage carries it forward unchanged and appends what its
+# lecture needs in a cell of its own ("Engine: new in stage NN").
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _matmul(a, b):
+    """a @ b; a stack of matrices times one matrix, (B, T, C) @ (C, N), as ONE
+    (B*T, C) @ (C, N) matmul: numpy would multiply the B small matrices one by one."""
+    if b.ndim == 2 < a.ndim:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    return a @ b
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs. A
+    closure holds the op's inputs and the arrays it needs, never its own result, so the
+    graph has no reference cycles and each step's memory is freed as soon as it ends."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_retain",
+                 "__weakref__")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None:
+            array = np.asarray(data)
+            if array.dtype.kind in "iu":
+                dtype = np.int64  # integers stay integers, as in torch.tensor([1, 2])
+            elif array.dtype.kind != "b" and not (
+                    isinstance(data, (np.ndarray, np.generic)) and array.dtype.kind == "f"):
+                dtype = np.float32  # like torch: float32 unless asked (tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+        self._retain = False
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        a, b = self.data, other.data
+        out = Tensor(_matmul(a, b), _children=(self, other), _op="@")
+
+        def _backward(g):  # A @ B: dA = g @ B^T, dB = A^T @ g, on the last two dims
+            a2 = a[None] if a.ndim == 1 else a            # a vector is a (1, K) row,
+            b2 = b[:, None] if b.ndim == 1 else b         # or a (K, 1) column
+            g2 = g[..., None] if b.ndim == 1 else g
+            g2 = g2[..., None, :] if a.ndim == 1 else g2
+            if self.requires_grad:
+                da = _matmul(g2, np.swapaxes(b2, -1, -2))
+                self._accumulate(da[..., 0, :] if a.ndim == 1 else da)
+            if other.requires_grad:
+                if b2.ndim == 2 < a2.ndim:  # (B, T, K) @ (K, M): dB sums over all B*T rows
+                    db = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+                else:
+                    db = np.swapaxes(a2, -1, -2) @ g2
+                other._accumulate(db[..., 0] if b.ndim == 1 else db)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        e = np.exp(self.data)
+        out = Tensor(e, _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * e)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        m = self.data.mean(axis=dim, keepdims=keepdim)
+        n = self.data.size // max(np.size(m), 1)  # how many numbers each mean averages
+        out = Tensor(m, _children=(self,), _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        if isinstance(idx, tuple):
+            idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+        elif isinstance(idx, Tensor):
+            idx = idx.data
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- new in stage 03: the hidden layer's tanh, and view to concatenate embeddings --
+    def tanh(self):
+        t = np.tanh(self.data)
+        out = Tensor(t, _children=(self,), _op="tanh")
+        out._backward = lambda g: self._accumulate(g * (1 - t**2))  # 1 - tanh**2
+        return out
+
+    def view(self, *shape):
+        """The same numbers seen as a different shape (no copy, like torch's view)."""
+        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
+        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
+        return out
+
+    reshape = view
+
+    # -- new in stage 04: sqrt, and the spread of numbers (BatchNorm divides by it) --
+    def sqrt(self):
+        s = np.sqrt(self.data)
+        out = Tensor(s, _children=(self,), _op="sqrt")
+        out._backward = lambda g: self._accumulate(g / (2 * s))  # 1 / (2 sqrt(a))
+        return out
+
+    def var(self, dim=None, keepdim=False, unbiased=True):
+        """The mean squared distance from the mean; divided by n - 1 instead of n when
+        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
+        to the samples than the true mean does, so dividing by n would come out small)."""
+        ddof = 1 if unbiased else 0
+        v = _spread(self.data, dim, ddof)                     # reduced dims kept as 1
+        d = self.data.size // v.size - ddof                   # the divisor: n - 1 or n
+        out = Tensor(v if keepdim else np.squeeze(v, axis=dim), _children=(self,),
+                     _op="var")
+
+        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
+            self._accumulate(g.reshape(v.shape) * 2 * dev / d)  # deviations sum to 0)
+        out._backward = _backward
+        return out
+
+    def std(self, dim=None, keepdim=False, unbiased=True):
+        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
+        ddof = 1 if unbiased else 0
+        s = _spread(self.data, dim, ddof, take_sqrt=True)
+        d = self.data.size // s.size - ddof
+        out = Tensor(s if keepdim else np.squeeze(s, axis=dim), _children=(self,),
+                     _op="std")
+
+        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)
+            self._accumulate(g.reshape(s.shape) * dev / (d * s))
+        out._backward = _backward
+        return out
+
+    # -- new in stage 05: max, whose gradient is routed to the largest element --
+    def max(self, dim=None, keepdim=False):
+        """torch's max: with no dim, the largest element (a Tensor); with dim, the pair
+        (values, indices) of the largest along dim. Only the largest element decides the
+        result, so the gradient flows to it alone: a max routes the gradient like a
+        switch (a one-hot mask). The indices are plain integers, with no gradient."""
+        if dim is None:
+            return self.view(-1).max(0).values
+        where = np.expand_dims(self.data.argmax(axis=dim), dim)  # (N, 1) the first largest
+        values = np.take_along_axis(self.data, where, axis=dim)  # (N, 1)
+        out = Tensor(values if keepdim else np.squeeze(values, axis=dim),
+                     _children=(self,), _op="max")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.put_along_axis(grad, where, g.reshape(where.shape), axis=dim)
+            self._accumulate(grad)
+        out._backward = _backward
+        return MaxResult(out, where if keepdim else np.squeeze(where, axis=dim))
+
+    # -- new in stage 06: squeeze, and ndim --
+    def squeeze(self, dim):
+        """Drop dimension `dim` if its size is 1: (B, 1, C) -> (B, C). Also a view."""
+        if self.data.shape[dim] != 1:
+            return self
+        dim %= self.data.ndim
+        return self.view(*(n for i, n in enumerate(self.data.shape) if i != dim))
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    # -- backpropagation --
+    def backward(self):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs. As in torch, the graph is
+        freed on the way: once an op has passed its gradient on, it lets go of its
+        inputs and saved arrays, and an intermediate result drops its .grad (only the
+        leaves, such as parameters, keep theirs, and tensors asked to retain_grad())."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None:
+                if node.grad is not None:
+                    node._backward(node.grad)
+                node._backward, node._prev = None, ()
+                if not node._retain:
+                    node.grad = None
+
+    def retain_grad(self):
+        """Keep this intermediate result's .grad after backward(), as torch's does."""
+        self._retain = True
+        return self
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def one_hot(ix, num_classes):
+    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
+    return np.eye(num_classes, dtype=np.float32)[ix]
+
+
+# %% Engine: new in stage 03
+def cross_entropy(logits, targets):
+    """F.cross_entropy(logits, targets): the mean negative log likelihood of `targets`
+    under softmax(logits), built from the ops above. Subtracting each row's largest logit
+    first changes nothing mathematically (softmax(x - c) = softmax(x)) but keeps exp()
+    from overflowing; the max is taken as a constant, since the result does not depend
+    on it. Then log softmax = shifted - log(sum(exp(shifted))), which never takes log(0)."""
+    n = len(targets)
+    shifted = logits - Tensor(logits.data.max(axis=1, keepdims=True))  # (N, 27), max 0
+    logprobs = shifted - shifted.exp().sum(1, keepdim=True).log()       # (N, 27)
+    return -logprobs[np.arange(n), targets].mean()
+
+
+# %% Engine: new in stage 04
+def _spread(x, dim, ddof, take_sqrt=False):
+    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
+    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
+    double precision and rounded once to x's precision (float32 for training)."""
+    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
+    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
+
+
+# %% Engine: new in stage 05
+# what torch's max(dim) returns: the largest values (a Tensor) and where they are (ints)
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+def cross_entropy(logits, targets, ignore_index=None):
+    """Stage 03's cross_entropy as ONE op, with the backward pass derived in this lecture
+    (exercise 2): dlogits = (softmax(logits) - one_hot(targets)) / N, one formula instead
+    of a chain of max, subtract, exp, sum, log, index and mean ops, each with its own
+    backward pass and intermediate arrays. It replaces the definition above (the same
+    numbers); the stages after this one use it. Rows whose target is `ignore_index`
+    (makemore pads with -1) are left out: of the mean, and of the gradient."""
+    x = logits.data                                       # (N, 27)
+    rows, keep = np.arange(len(targets)), None
+    if ignore_index is not None:
+        keep = targets != ignore_index                    # (N,) the rows that count
+        rows, targets = np.flatnonzero(keep), targets[keep]
+    n = len(rows)
+    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
+    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logprobs = shifted - log_norm                         # (N, 27) log softmax
+    out = Tensor(-logprobs[rows, targets].mean(), _children=(logits,),
+                 _op="cross_entropy")
+
+    def _backward(g):
+        dlogits = np.exp(logprobs)                        # softmax
+        dlogits[rows, targets] -= 1                       # minus one-hot
+        if keep is not None:
+            dlogits[~keep] = 0                            # ignored rows: no gradient
+        logits._accumulate(g * dlogits / n)
+    out._backward = _backward
+    return out
+
+
+def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
+    """BatchNorm as ONE op (F.batch_norm), with the backward pass derived in this lecture
+    (exercise 3): every feature (the last dimension, D) of x is shifted by a mean and
+    divided by sqrt(var + eps), then scaled by `gain` and shifted by `bias` (D,). Without
+    `mean` and `var` (training) they are the batch's own, taken over the dimensions
+    `dims` ((0,) for (N, D) input, (0, 1) for (B, T, D)), the variance unbiased as in the
+    lecture, and a gradient flows through them; returns (out, mean, var), the reduced
+    dimensions kept as size 1 as the lecture's keepdim=True does, so the caller can update
+    its running estimates. Given `mean` and `var` (evaluation: the running estimates),
+    they are constants. With xhat = (x - mean) / sqrt(var + eps), s = gain / sqrt(var +
+    eps) and N values per statistic,
+        dx = s / N * (N dout - sum(dout) - N / (N - 1) * xhat * sum(dout * xhat))
+    one formula instead of a chain of mean, subtract, var, add, sqrt, divide, multiply and
+    add ops."""
+    training = mean is None
+    if training:
+        mean = x.data.mean(axis=dims, keepdims=True)          # (1, D) or (1, 1, D)
+        var = _spread(x.data, dims, ddof=1)                   # unbiased variance, same shape
+        n = x.data.size // mean.size                          # values per statistic
+    # divide by sqrt(var + eps) as the lecture's layer does (not multiply by its inverse),
+    # so that float32 results are the very same numbers
+    xhat = (x.data - mean) / np.sqrt(var + eps)               # x's shape
+    out = Tensor(gain.data * xhat + bias.data, _children=(x, gain, bias), _op="batch_norm")
+
+    def _backward(g):
+        gain._accumulate(g * xhat)  # summed over the batch by _accumulate
+        bias._accumulate(g)
+        s = gain.data / np.sqrt(var + eps)                    # (D,)
+        if training:  # the statistics depend on x too
+            dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
+                          - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))
+            x._accumulate(dx)
+        else:
+            x._accumulate(g * s)
+    out._backward = _backward
+    return out, mean, var
+
+
+# %% Engine: new in stage 06: the dilated causal convolution (beyond the lecture)
+def conv1d(x, weight, dilation):
+    """A convolution with kernel size 2 along the time axis of x (B, T, C), channels last,
+    without padding: output t sees input positions t and t + dilation,
+        out[:, t] = cat(x[:, t], x[:, t + dilation]) @ weight      (B, T - dilation, N)
+    with weight (2C, N), the older position's C rows first. It is causal: output t only
+    looks back from input position t + dilation, never ahead. With dilation 1 it is
+    FlattenConsecutive(2) -> Linear computed at every position instead of every second
+    one; stacking dilations 1, 2, 4 gives each output a context of 8 characters (WaveNet,
+    van den Oord et al. 2016). As ONE op: one matmul forward, two backward."""
+    B, T, C = x.shape
+    assert 0 < dilation < T, f"dilation {dilation} needs more than {dilation} positions"
+    pairs = np.concatenate([x.data[:, :-dilation], x.data[:, dilation:]], axis=2)
+    out = Tensor(_matmul(pairs, weight.data), _children=(x, weight), _op="conv1d")
+
+    def _backward(g):  # g (B, T - dilation, N): the matmul's rules, then un-pair
+        if weight.requires_grad:
+            weight._accumulate(pairs.reshape(-1, 2 * C).T @ g.reshape(-1, g.shape[-1]))
+        if x.requires_grad:
+            dpairs = _matmul(g, weight.data.T)                # (B, T - dilation, 2C)
+            dx = np.zeros_like(x.data)
+            dx[:, :-dilation] += dpairs[:, :, :C]  # every position is the older half of
+            dx[:, dilation:] += dpairs[:, :, C:]   # one pair and the newer half of another
+            x._accumulate(dx)
+    out._backward = _backward
+    return out
 
 
 if __name__ == "__main__":

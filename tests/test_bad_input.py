@@ -12,12 +12,14 @@ SHORT = {
     "04_batchnorm": ["--steps", "50", "--samples", "2", "--no-plots"],
     "05_backprop_ninja": ["--exercise", "4", "--steps", "50", "--samples", "2",
                           "--no-plots"],
+    "06_wavenet": ["--steps", "50", "--samples", "2", "--no-plots"],
 }
 DIVERGE = {
     "02_bigram": ["--lr", "1e6"],
     "03_mlp": ["--lr", "1e6"],
     "04_batchnorm": ["--lr", "1e6", "--init", "original", "--no-batchnorm"],
     "05_backprop_ninja": ["--lr", "1e6"],
+    "06_wavenet": ["--lr", "1e6"],
 }
 
 

@@ -20,6 +20,7 @@ SHORT = {
     "03_mlp": ["--steps", "2", "--samples", "1", "--no-plots"],
     "04_batchnorm": ["--steps", "2", "--samples", "1", "--no-plots"],
     "05_backprop_ninja": ["--steps", "2", "--samples", "1", "--no-plots"],
+    "06_wavenet": ["--steps", "2", "--samples", "1", "--no-plots"],
 }
 KERNEL_ARGV = ["/usr/lib/python3/site-packages/ipykernel_launcher.py", "-f",
                "/root/.local/share/jupyter/runtime/kernel-1234.json"]
