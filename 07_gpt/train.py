@@ -7,8 +7,11 @@ self-attention (averaging the past with a lower-triangular matrix); `Head` (keys
 queries, values, the 1/sqrt(head_size) scale), `MultiHeadAttention`, `FeedForward`,
 residual `Block`s with pre-LayerNorm, dropout and the `GPTLanguageModel`; AdamW with
 warmup, cosine decay and gradient clipping; checkpoints, `--resume`, `--sample`, BPE
-tokenizers. The engine gains batched matmul, transpose, masked_fill, split and cat, relu
-and gelu, dropout, and fused softmax, layer norm and attention with their backward passes.
+tokenizers. The default run computes every Head on its own, as the lecture types it;
+`--attention batched` is the lecture's exercise 1, all heads at once (the same numbers).
+The engine gains transpose, permute, masked_fill, softmax, log_softmax, relu, gelu,
+dropout, split, cat, and fused linear, layer norm and attention ops. Stage 06's
+convolutional WaveNet is not carried on.
 
     python 07_gpt/train.py                          # nanoGPT's laptop GPT, minutes
     python 07_gpt/train.py --sample --prompt "ROMEO:" --temperature 0.8
@@ -17,16 +20,17 @@ and gelu, dropout, and fused softmax, layer norm and attention with their backwa
     python 07_gpt/train.py --model residual         #   feed-forward, residual, layernorm
     python 07_gpt/train.py --preset lecture         # the lecture's 10.8M model (a day)
     python 07_gpt/train.py --tokenizer bpe --vocab-size 512
+    python 07_gpt/train.py --attention batched      # all heads in one matmul
 
-Measured on the course's 2-core machine, one BLAS thread (tests/benchmarks/bench_gpt.py):
-    default run     val loss 1.7659 (2.548 bits per character) after 2,000 steps,
-                    62 ms per step, 2m16s in all; PyTorch 2.13 with this model and recipe
-                    on the same random numbers: 1.7716; nanoGPT's own variant: 1.886
+What it prints (measured; tests/benchmarks/README.md has the timings):
+    default run     val loss 1.7659 (2.548 bits per character) after 2,000 steps;
+                    PyTorch 2.13 with this model and recipe on the same random numbers:
+                    1.7716; nanoGPT's own variant: 1.886
     --model bigram  step 0: train 4.7305, val 4.7241; step 2700: 2.4738, 2.4911, the
                     lecture's prints digit for digit
     lecture steps   single-head 2.4133, multi-head 2.2808, feed-forward 2.2491, residual
                     2.0738, layernorm 2.0622 (the lecture: 2.4, 2.28, 2.24, 2.08, 2.06)
-    --preset lecture  10,788,929 parameters, 15.5 s per step
+    --preset lecture  10,788,929 parameters
 """
 
 # %% Imports
@@ -38,17 +42,19 @@ import os
 import sys
 import time
 from collections import namedtuple
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-# One BLAS thread: on the course's 2-core machine, shared with other jobs, a second thread
-# made a training step 2-4x slower whenever the other core was busy (it waits for it),
-# and only ~1.4x faster on an idle machine (tests/benchmarks/bench_gpt.py). On a machine
-# of your own, try OPENBLAS_NUM_THREADS=2 (or more). Must precede numpy's import.
+# One BLAS thread: the matrices here are small, and on a busy 2-core machine a second
+# thread mostly waits for the other core (tests/benchmarks/README.md has the measurements).
+# Must precede numpy's import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+# to import common/: from the repository root, or (in a notebook, which has no __file__)
+# from the folder above the stage's, where the notebook runs
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+sys.path.insert(0, str(ROOT))
 from common import bpe, cli, data, rng  # noqa: E402
 
 
@@ -84,118 +90,80 @@ class Config:
                                  "(the defaults shown here); 'lecture' is the lecture's "
                                  "10.8M-parameter GPT (hours of CPU time). The other "
                                  "models default to the lecture's settings; flags given "
-                                 "override",
-                          choices=("cpu", "lecture"))
-    n_layer: int = cli.arg(4, "transformer blocks")
-    n_head: int = cli.arg(4, "attention heads per block (head size: n_embd / n_head)")
-    n_embd: int = cli.arg(128, "embedding dimension")
-    block_size: int = cli.arg(64, "context length: the most tokens the model looks back")
-    dropout: float = cli.arg(0.0, "dropout probability while training")
+                                 "override", choices=("cpu", "lecture"))
+    n_layer: int = cli.arg(4, "transformer blocks", min=1, max=96)
+    n_head: int = cli.arg(4, "attention heads per block (head size: n_embd / n_head)",
+                          min=1, max=128)
+    n_embd: int = cli.arg(128, "embedding dimension", min=1, max=8192)
+    block_size: int = cli.arg(64, "context length: the most tokens the model looks back",
+                              min=1, max=8192)
+    dropout: float = cli.arg(0.0, "dropout probability while training", min=0, max=0.99)
     activation: str = cli.arg("relu", "non-linearity of the feed-forward layers",
                               choices=("relu", "gelu"))
-    attention: str = cli.arg("batched", "'heads': each Head on its own, as typed in the "
-                                        "lecture; 'batched': all heads in one matmul (the "
-                                        "same weights and results, faster)",
-                             choices=("batched", "heads"))
+    attention: str = cli.arg("heads", "'heads': each Head on its own, as typed in the "
+                                      "lecture; 'batched': all heads in one matmul and one "
+                                      "fused attention op (the lecture's exercise 1: the "
+                                      "same weights and results, faster)",
+                             choices=("heads", "batched"))
     tokenizer: str = cli.arg("char", "'char': one token per character (the lecture's 65); "
                                      "'bpe': byte-pair encoding trained on the training "
                                      "split; 'gpt2': GPT-2's 50,257 tokens",
                              choices=("char", "bpe", "gpt2"))
-    vocab_size: int = cli.arg(512, "with --tokenizer bpe: its vocabulary size")
-    steps: int = cli.arg(2000, "training steps (max_iters)")
-    batch_size: int = cli.arg(12, "sequences per batch")
-    lr: float = cli.arg(1e-3, "learning rate (the peak, with a schedule)")
+    vocab_size: int = cli.arg(512, "with --tokenizer bpe: its vocabulary size (one token "
+                                   "per byte at least)", min=256, max=100_000)
+    steps: int = cli.arg(2000, "training steps (max_iters)", min=0)
+    batch_size: int = cli.arg(12, "sequences per batch", min=1, max=100_000)
+    lr: float = cli.arg(1e-3, "learning rate (the peak, with a schedule)", min=1e-9,
+                        max=10)
     schedule: str = cli.arg("cosine", "learning rate after warmup: cosine decay to "
                                       "--min-lr, or constant",
                             choices=("cosine", "constant"))
-    warmup_steps: int = cli.arg(100, "steps of linear learning-rate warmup")
-    min_lr: float = cli.arg(1e-4, "learning rate at the end of the cosine decay")
-    beta2: float = cli.arg(0.99, "AdamW's beta2 (beta1 is 0.9)")
-    weight_decay: float = cli.arg(0.1, "AdamW's decoupled weight decay")
+    warmup_steps: int = cli.arg(100, "steps of linear learning-rate warmup", min=0)
+    min_lr: float = cli.arg(1e-4, "learning rate at the end of the cosine decay", min=0,
+                            max=10)
+    beta2: float = cli.arg(0.99, "AdamW's beta2 (beta1 is 0.9)", min=0, max=0.9999)
+    weight_decay: float = cli.arg(0.1, "AdamW's decoupled weight decay", min=0, max=100)
     decay: str = cli.arg("matrices", "parameters that weight decay applies to: the "
                                      "matrices (nanoGPT) or all (torch's AdamW)",
                          choices=("matrices", "all"))
-    grad_clip: float = cli.arg(1.0, "clip the gradient's global norm to this (0: off)")
-    eval_interval: int = cli.arg(250, "estimate the losses every this many steps")
-    eval_iters: int = cli.arg(20, "batches per split in each loss estimate")
-    seed: int = cli.arg(1337, "seed of the generator (the lecture's torch.manual_seed)")
+    grad_clip: float = cli.arg(1.0, "clip the gradient's global norm to this (0: off)",
+                               min=0, max=1e6)
+    eval_interval: int = cli.arg(250, "estimate the losses every this many steps", min=1)
+    eval_iters: int = cli.arg(20, "batches per split in each loss estimate", min=1,
+                              max=100_000)
+    seed: int = cli.arg(1337, "seed of the generator (the lecture's torch.manual_seed)",
+                        min=0, max=2**64 - 1)
     out: str = cli.arg("out/07_gpt", "folder of the checkpoint, figures and tokenizer")
     plots: bool = cli.arg(True, "write figures")
     resume: bool = cli.arg(False, "continue training from the checkpoint in --out")
     sample: bool = cli.arg(False, "do not train: generate from the checkpoint in --out")
     prompt: str = cli.arg("", "text the sample continues (default: a newline)")
-    max_new_tokens: int = cli.arg(500, "tokens to generate")
+    max_new_tokens: int = cli.arg(500, "tokens to generate", min=0, max=1_000_000)
     temperature: float = cli.arg(1.0, "divide the logits by this before sampling (< 1: "
-                                      "safer, > 1: wilder)")
-    top_k: int = cli.arg(0, "sample among the k most likely tokens only (0: all)")
+                                      "safer, > 1: wilder)", min=1e-3, max=100)
+    top_k: int = cli.arg(0, "sample among the k most likely tokens only (0: all)", min=0)
 
-    def check(self, resolved=False):
-        """Each value on its own; with resolved=True (once with_presets has filled in the
-        chosen model's settings) also how they fit together."""
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                     "eval_interval", "eval_iters"):
-            value = getattr(self, name)
-            cli.check(value >= 1, f"{_flag(name)} must be >= 1, got {value}")
-        for name in ("steps", "warmup_steps", "max_new_tokens", "top_k"):
-            value = getattr(self, name)
-            cli.check(value >= 0, f"{_flag(name)} must be >= 0, got {value}")
-        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        cli.check(self.min_lr >= 0, f"--min-lr must be >= 0, got {self.min_lr}")
-        cli.check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
-        cli.check(0 <= self.beta2 < 1, f"--beta2 must be in [0, 1), got {self.beta2}")
-        cli.check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got "
-                                          f"{self.weight_decay}")
-        cli.check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
-        cli.check(self.temperature > 0, f"--temperature must be positive, got "
-                                        f"{self.temperature}")
-        cli.check(self.vocab_size >= 256, f"--vocab-size must be >= 256 (one token per "
-                                          f"byte), got {self.vocab_size}")
-        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
+    def check(self):
         cli.check(self.preset == "cpu" or self.model == "gpt",
                   "--preset lecture is the full GPT: use it with --model gpt")
         cli.check(not (self.sample and self.resume),
                   "--sample and --resume exclude each other")
-        if resolved:
-            cli.check(self.n_embd % self.n_head == 0 or self.model in ("bigram",
-                                                                       "single-head"),
-                      f"--n-embd {self.n_embd} must be a multiple of --n-head "
-                      f"{self.n_head}")
-            cli.check(self.min_lr <= self.lr or self.schedule == "constant",
-                      f"--min-lr {self.min_lr} must not exceed --lr {self.lr}")
+        cli.check(self.n_embd % self.n_head == 0 or self.model in ("bigram", "single-head"),
+                  f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
+        cli.check(self.min_lr <= self.lr or self.schedule == "constant",
+                  f"--min-lr {self.min_lr} must not exceed --lr {self.lr}")
 
 
-def _flag(name):
-    return "--" + name.replace("_", "-")
-
-
-def given_fields(argv):
-    """The Config fields set on the command line (argparse also takes unique prefixes of
-    flags, such as --n-emb)."""
-    flags = {f.name: _flag(f.name) for f in fields(Config)}
-    flags.update({f.name: "--no-" + f.name.replace("_", "-") for f in fields(Config)
-                  if f.default is True})
-    given = set()
-    for word in argv:
-        if word.startswith("--"):
-            word = word.split("=")[0]
-            matches = [name for name, flag in flags.items() if flag == word] or \
-                [name for name, flag in flags.items() if flag.startswith(word)]
-            if len(matches) == 1:
-                given.add(matches[0])
-    return given
-
-
-def with_presets(cfg, argv):
-    """The chosen model's (or preset's) settings for every field the command line left at
-    its default: `--model bigram` trains like bigram.py, `--preset lecture` like gpt.py."""
-    if cfg.model == "bigram":
-        preset = PRESETS["bigram"]
-    elif cfg.model != "gpt":
-        preset = PRESETS["lecture-steps"]
-    else:
-        preset = PRESETS["lecture"] if cfg.preset == "lecture" else {}
-    given = given_fields(argv)
-    return replace(cfg, **{k: v for k, v in preset.items() if k not in given})
+def presets(given, args):
+    """The chosen model's (or preset's) settings, for every flag not given: `--model
+    bigram` trains like bigram.py, the intermediate models like the lecture's steps,
+    `--preset lecture` like gpt.py."""
+    model = args["model"] if "model" in given else "gpt"
+    if model == "bigram":
+        return PRESETS["bigram"]
+    if model != "gpt":
+        return PRESETS["lecture-steps"]
+    return PRESETS["lecture"] if "preset" in given and args["preset"] == "lecture" else {}
 
 
 # %% Data
@@ -255,607 +223,6 @@ def get_batch(split_data, block_size, batch_size, g):
     ix = rng.randint(0, len(split_data) - block_size, (batch_size,), generator=g)  # (B,)
     offsets = ix[:, None] + np.arange(block_size)                                 # (B, T)
     return split_data[offsets], split_data[offsets + 1]
-
-
-# %% Engine
-class no_grad:
-    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
-
-    enabled = True  # is the graph being recorded?
-
-    def __enter__(self):
-        self.prev, no_grad.enabled = no_grad.enabled, False
-
-    def __exit__(self, *exc):
-        no_grad.enabled = self.prev
-
-
-def _unbroadcast(grad, shape):
-    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
-    broadcasting added in front, and those it stretched from size 1."""
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
-    return grad.sum(axis=axes, keepdims=True).reshape(shape)
-
-
-def _matmul(a, b):
-    """a @ b; a stack of matrices times one matrix, (B, T, C) @ (C, N), as ONE
-    (B*T, C) @ (C, N) matmul: numpy would multiply the B small matrices one by one."""
-    if b.ndim == 2 < a.ndim:
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
-    return a @ b
-
-
-def _spread(x, dim, ddof, take_sqrt=False):
-    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
-    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
-    double precision and rounded once to x's precision (float32 for training)."""
-    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
-    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
-
-
-# what torch's max(dim) returns: the largest values (a Tensor) and where they are (ints)
-MaxResult = namedtuple("MaxResult", ["values", "indices"])
-
-
-class Tensor:
-    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
-    the scalar replaced by an array. Each op computes its result with numpy and stores a
-    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
-
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
-
-    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
-        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
-                                  and data.dtype.kind == "f"):
-            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
-        self.data = np.asarray(data, dtype=dtype)
-        self.grad = None
-        # an op's result needs a gradient if any input does (and we are recording)
-        self.requires_grad = requires_grad or (
-            no_grad.enabled and any(c.requires_grad for c in _children))
-        self._prev = _children if self.requires_grad else ()
-        self._backward = None
-        self._op = _op
-
-    def _accumulate(self, grad):
-        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
-        because a tensor used twice receives a gradient from each use."""
-        if not self.requires_grad:
-            return
-        grad = _unbroadcast(grad, self.data.shape)
-        self.grad = grad if self.grad is None else self.grad + grad
-
-    def _wrap(self, other):
-        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
-
-    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
-    def __add__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
-
-        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
-            self._accumulate(g)
-            other._accumulate(g)
-        out._backward = _backward
-        return out
-
-    def __mul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
-
-        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
-            self._accumulate(g * other.data)
-            other._accumulate(g * self.data)
-        out._backward = _backward
-        return out
-
-    def __truediv__(self, other):
-        other = self._wrap(other)
-        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
-
-        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
-            self._accumulate(g / other.data)
-            other._accumulate(-g * self.data / other.data**2)
-        out._backward = _backward
-        return out
-
-    def __pow__(self, k):
-        assert isinstance(k, (int, float)), "only a number exponent is supported"
-        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
-
-        def _backward(g):  # d(a**k)/da = k * a**(k-1)
-            self._accumulate(g * k * self.data ** (k - 1))
-        out._backward = _backward
-        return out
-
-    def __matmul__(self, other):
-        other = self._wrap(other)
-        out = Tensor(_matmul(self.data, other.data), _children=(self, other), _op="@")
-
-        def _backward(g):  # A @ B: dA = g @ B^T, dB = A^T @ g, on the last two dims
-            if self.requires_grad:
-                self._accumulate(_matmul(g, np.swapaxes(other.data, -1, -2)))
-            if other.requires_grad:
-                if other.data.ndim == 2 < self.data.ndim:  # (B, T, C) @ (C, N): sum
-                    a = self.data.reshape(-1, self.data.shape[-1])  # over all B*T rows
-                    other._accumulate(a.T @ g.reshape(-1, g.shape[-1]))  # in one matmul
-                else:
-                    other._accumulate(np.swapaxes(self.data, -1, -2) @ g)
-        out._backward = _backward
-        return out
-
-    def __neg__(self):
-        return self * -1.0
-
-    def __sub__(self, other):
-        return self + (-self._wrap(other))
-
-    def __radd__(self, other):  # 1 + a
-        return self + other
-
-    def __rsub__(self, other):  # 1 - a
-        return self._wrap(other) - self
-
-    def __rmul__(self, other):  # 2 * a
-        return self * other
-
-    def __rtruediv__(self, other):  # 1 / a
-        return self._wrap(other) / self
-
-    # -- elementwise functions --
-    def exp(self):
-        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
-        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
-        return out
-
-    def log(self):
-        out = Tensor(np.log(self.data), _children=(self,), _op="log")
-        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
-        return out
-
-    def tanh(self):
-        out = Tensor(np.tanh(self.data), _children=(self,), _op="tanh")
-        out._backward = lambda g: self._accumulate(g * (1 - out.data**2))  # 1 - tanh**2
-        return out
-
-    def sqrt(self):
-        out = Tensor(np.sqrt(self.data), _children=(self,), _op="sqrt")
-        out._backward = lambda g: self._accumulate(g / (2 * out.data))  # 1 / (2 sqrt(a))
-        return out
-
-    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
-    def sum(self, dim=None, keepdim=False):
-        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
-            self._accumulate(np.broadcast_to(g, self.data.shape))
-        out._backward = _backward
-        return out
-
-    def mean(self, dim=None, keepdim=False):
-        n = self.data.size if dim is None else self.data.shape[dim]
-        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
-                     _op="mean")
-
-        def _backward(g):
-            if dim is not None and not keepdim:
-                g = np.expand_dims(g, dim)
-            self._accumulate(np.broadcast_to(g / n, self.data.shape))
-        out._backward = _backward
-        return out
-
-    def max(self, dim, keepdim=False):
-        """The largest element along dim and its index, as torch's `max(dim)`: a pair
-        (values, indices). Only the largest element decides the result, so the gradient
-        flows to it alone: a max routes the gradient like a switch (a one-hot mask).
-        The indices are plain integers, with no gradient."""
-        indices = self.data.argmax(axis=dim)                  # (N,) the first largest
-        where = np.expand_dims(indices, dim)                  # (N, 1) for take/put
-        values = np.take_along_axis(self.data, where, axis=dim)
-        out = Tensor(values if keepdim else np.squeeze(values, axis=dim),
-                     _children=(self,), _op="max")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            np.put_along_axis(grad, where, g.reshape(where.shape), axis=dim)
-            self._accumulate(grad)
-        out._backward = _backward
-        return MaxResult(out, indices)
-
-    # -- spread: how far the numbers are from their mean (BatchNorm divides by it) --
-    def var(self, dim=None, keepdim=False, unbiased=True):
-        """The mean squared distance from the mean; divided by n - 1 instead of n when
-        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
-        to the samples than the true mean does, so dividing by n would come out small)."""
-        ddof = 1 if unbiased else 0
-        var = _spread(self.data, dim, ddof)                   # reduced dims kept as 1
-        d = self.data.size // var.size - ddof                 # the divisor: n - 1 or n
-        out = Tensor(var if keepdim else np.squeeze(var, axis=dim), _children=(self,),
-                     _op="var")
-
-        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
-            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
-            self._accumulate(g.reshape(var.shape) * 2 * dev / d)  # deviations sum to 0)
-        out._backward = _backward
-        return out
-
-    def std(self, dim=None, keepdim=False, unbiased=True):
-        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
-        ddof = 1 if unbiased else 0
-        std = _spread(self.data, dim, ddof, take_sqrt=True)
-        d = self.data.size // std.size - ddof
-        out = Tensor(std if keepdim else np.squeeze(std, axis=dim), _children=(self,),
-                     _op="std")
-
-        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
-            dev = self.data - self.data.mean(axis=dim, keepdims=True)
-            self._accumulate(g.reshape(std.shape) * dev / (d * std))
-        out._backward = _backward
-        return out
-
-    # -- indexing: probs[arange(n), ys] picks one probability per row --
-    def __getitem__(self, idx):
-        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
-            if isinstance(idx, tuple) else idx
-        out = Tensor(self.data[idx], _children=(self,), _op="[]")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
-            self._accumulate(grad)
-        out._backward = _backward
-        return out
-
-    # -- shape: the same numbers, seen as a different shape (no copy, like torch's view) --
-    def view(self, *shape):
-        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
-        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
-        return out
-
-    reshape = view
-
-    def squeeze(self, dim):
-        """Drop dimension `dim` if its size is 1: (B, 1, C) -> (B, C). Also a view."""
-        if self.data.shape[dim] != 1:
-            return self
-        dim %= self.data.ndim
-        return self.view(*(n for i, n in enumerate(self.data.shape) if i != dim))
-    # -- new in stage 07: the ops of attention, each with its backward pass --
-    def transpose(self, dim0, dim1):
-        """Swap two dimensions (a view, as in torch): k.transpose(-2, -1) is every k^T."""
-        out = Tensor(np.swapaxes(self.data, dim0, dim1), _children=(self,), _op="transpose")
-        out._backward = lambda g: self._accumulate(np.swapaxes(g, dim0, dim1))
-        return out
-
-    def masked_fill(self, mask, value):
-        """`value` where mask is True, the tensor elsewhere: wei.masked_fill(tril == 0,
-        -inf) hides the future. The filled places pass no gradient back."""
-        mask = np.asarray(mask, dtype=bool)
-        out = Tensor(np.where(mask, np.asarray(value, dtype=self.data.dtype), self.data),
-                     _children=(self,), _op="masked_fill")
-        out._backward = lambda g: self._accumulate(g * ~mask)  # 0 where filled
-        return out
-
-    def softmax(self, dim=-1):
-        """F.softmax as ONE op: exp(x - max) / sum. The backward pass is the short
-        s * (g - sum(g * s)) (the softmax Jacobian diag(s) - s s^T applied to g)."""
-        x = self.data
-        e = np.exp(x - x.max(axis=dim, keepdims=True))  # no overflow; exp(-inf) = 0
-        s = e / e.sum(axis=dim, keepdims=True)
-        out = Tensor(s, _children=(self,), _op="softmax")
-        out._backward = lambda g: self._accumulate(
-            s * (g - (g * s).sum(axis=dim, keepdims=True)))
-        return out
-
-    def relu(self):
-        out = Tensor(np.maximum(self.data, 0), _children=(self,), _op="relu")
-        out._backward = lambda g: self._accumulate(g * (self.data > 0))  # 1 where x > 0
-        return out
-
-    def gelu(self):
-        """GELU, x * P(N(0,1) < x), in GPT-2's tanh approximation (torch's
-        GELU(approximate='tanh')): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-        x = self.data
-        c = math.sqrt(2 / math.pi)
-        t = np.tanh(c * (x + 0.044715 * x**3))
-        out = Tensor(0.5 * x * (1 + t), _children=(self,), _op="gelu")
-
-        def _backward(g):  # product rule; d tanh(u) = (1 - t^2) du
-            du = c * (1 + 3 * 0.044715 * x**2)
-            self._accumulate(g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du))
-        out._backward = _backward
-        return out
-
-    def dropout(self, p, generator=None):
-        """Inverted dropout, as torch's: keep each element with probability 1 - p and
-        scale the kept ones by 1 / (1 - p), so the expected value does not change and
-        evaluation (no dropout) needs no rescaling. The mask comes from `generator`."""
-        keep = rng.rand(*self.data.shape, generator=generator) < 1 - p  # bool: 1 byte
-        out = self.data * keep
-        out *= 1 / (1 - p)
-        out = Tensor(out, _children=(self,), _op="dropout")
-        out._backward = lambda g: self._accumulate(g * keep * (1 / (1 - p)))
-        return out
-
-    def split(self, split_size, dim=-1):
-        """torch's x.split(size, dim): consecutive pieces of `split_size` along `dim`;
-        q, k, v = qkv.split(C, dim=2). Each piece's gradient goes back to its place."""
-        dim %= self.data.ndim
-        n = self.data.shape[dim]
-        return [self._piece((slice(None),) * dim + (slice(i, min(i + split_size, n)),))
-                for i in range(0, n, split_size)]
-
-    def _piece(self, index):
-        out = Tensor(self.data[index], _children=(self,), _op="split")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            grad[index] = g
-            self._accumulate(grad)
-        out._backward = _backward
-        return out
-
-    # -- backpropagation --
-    def backward(self, keep_grads=True):
-        """Fill .grad of every tensor this one depends on. The graph is ordered
-        topologically with an explicit stack (no recursion limit), then each op's
-        _backward runs from the output back to the inputs. keep_grads=False drops each
-        op result's gradient (and what the op kept for its backward pass) as soon as it
-        has been passed on, as torch does: only the leaves (parameters) keep .grad,
-        and a big model's backward pass needs about half the memory."""
-        topo, visited, stack = [], set(), [(self, False)]
-        while stack:
-            node, children_done = stack.pop()
-            if children_done:
-                topo.append(node)  # after everything it depends on
-            elif id(node) not in visited:
-                visited.add(id(node))
-                stack.append((node, True))
-                stack.extend((child, False) for child in node._prev)
-        self.grad = np.ones_like(self.data)  # d self / d self = 1
-        for node in reversed(topo):
-            if node._backward is not None and node.grad is not None:
-                node._backward(node.grad)
-                if not keep_grads:
-                    node.grad = node._backward = None
-
-    # -- conveniences --
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def ndim(self):
-        return self.data.ndim
-
-    def item(self):
-        return self.data.item()
-
-    def __repr__(self):
-        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
-
-
-def cross_entropy(logits, targets):
-    """F.cross_entropy: the mean negative log likelihood of `targets` under
-    softmax(logits), as ONE op. Subtracting each row's max before exp() keeps exp() from
-    overflowing (softmax does not change when a constant is subtracted from a row), and
-    the backward pass is the short formula (softmax - one-hot(targets)) / N instead of a
-    chain of exp, sum, divide, index and log ops."""
-    x = logits.data                                       # (N, 27)
-    n = len(targets)
-    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
-    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    logprobs = shifted - log_norm                         # (N, 27) log softmax
-    out = Tensor(-logprobs[np.arange(n), targets].mean(), _children=(logits,),
-                 _op="cross_entropy")
-
-    def _backward(g):
-        dlogits = np.exp(logprobs)                        # softmax
-        dlogits[np.arange(n), targets] -= 1               # minus one-hot
-        logits._accumulate(g * dlogits / n)
-    out._backward = _backward
-    return out
-
-
-def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
-    """BatchNorm as ONE op (F.batch_norm): every feature (the last dimension, D) of x is
-    shifted by a mean and divided by sqrt(var + eps), then scaled by `gain` and shifted by
-    `bias` (D,). Without `mean` and `var` (training) they are the batch's own, taken over
-    the dimensions `dims` ((0,) for (N, D) input, (0, 1) for (B, T, D)), the variance
-    unbiased as in the lecture, and a gradient flows through them; returns (out, mean,
-    var), the reduced dimensions kept as size 1 as the lecture's keepdim=True does, so the
-    caller can update its running estimates. Given `mean` and `var` (evaluation: the
-    running estimates), they are constants.
-
-    The backward pass is derived by hand (makemore part 4 does it on paper): with
-    xhat = (x - mean) / sqrt(var + eps), s = gain / sqrt(var + eps) and N values per
-    statistic,
-        dx = s / N * (N dout - sum(dout) - N / (N - 1) * xhat * sum(dout * xhat))
-    one formula instead of a chain of mean, subtract, var, add, sqrt, divide, multiply and
-    add ops, each with its own backward pass and intermediate arrays."""
-    training = mean is None
-    if training:
-        mean = x.data.mean(axis=dims, keepdims=True)          # (1, D) or (1, 1, D)
-        var = _spread(x.data, dims, ddof=1)                   # unbiased variance, same shape
-        n = x.data.size // mean.size                          # values per statistic
-    # divide by sqrt(var + eps) as the lecture's layer does (not multiply by its inverse),
-    # so that float32 results are the very same numbers
-    xhat = (x.data - mean) / np.sqrt(var + eps)               # x's shape
-    out = Tensor(gain.data * xhat + bias.data, _children=(x, gain, bias), _op="batch_norm")
-
-    def _backward(g):
-        gain._accumulate(g * xhat)  # summed over the batch by _accumulate
-        bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # (D,)
-        if training:  # the statistics depend on x too
-            dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
-                          - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))
-            x._accumulate(dx)
-        else:
-            x._accumulate(g * s)
-    out._backward = _backward
-    return out, mean, var
-
-
-# %% Engine: the dilated causal convolution (beyond the lecture)
-def conv1d(x, weight, dilation):
-    """A convolution with kernel size 2 along the time axis of x (B, T, C), channels last,
-    without padding: output t sees input positions t and t + dilation,
-        out[:, t] = cat(x[:, t], x[:, t + dilation]) @ weight      (B, T - dilation, N)
-    with weight (2C, N), the older position's C rows first. It is causal: output t only
-    looks back from input position t + dilation, never ahead. With dilation 1 it is
-    FlattenConsecutive(2) -> Linear computed at every position instead of every second
-    one; stacking dilations 1, 2, 4 gives each output a context of 8 characters (WaveNet,
-    van den Oord et al. 2016). As ONE op: one matmul forward, two backward."""
-    B, T, C = x.shape
-    assert 0 < dilation < T, f"dilation {dilation} needs more than {dilation} positions"
-    pairs = np.concatenate([x.data[:, :-dilation], x.data[:, dilation:]], axis=2)
-    out = Tensor(_matmul(pairs, weight.data), _children=(x, weight), _op="conv1d")
-
-    def _backward(g):  # g (B, T - dilation, N): the matmul's rules, then un-pair
-        if weight.requires_grad:
-            weight._accumulate(pairs.reshape(-1, 2 * C).T @ g.reshape(-1, g.shape[-1]))
-        if x.requires_grad:
-            dpairs = _matmul(g, weight.data.T)                # (B, T - dilation, 2C)
-            dx = np.zeros_like(x.data)
-            dx[:, :-dilation] += dpairs[:, :, :C]  # every position is the older half of
-            dx[:, dilation:] += dpairs[:, :, C:]   # one pair and the newer half of another
-            x._accumulate(dx)
-    out._backward = _backward
-    return out
-
-
-
-# %% Engine: new in stage 07
-def linear(x, weight, bias=None):
-    """F.linear, x @ weight + bias, as ONE op: the same numbers as the two ops, with one
-    result array instead of two (memory, and one pass less)."""
-    out = _matmul(x.data, weight.data)                   # (..., fan_out)
-    if bias is not None:
-        out += bias.data
-    children = (x, weight) if bias is None else (x, weight, bias)
-    out = Tensor(out, _children=children, _op="linear")
-
-    def _backward(g):
-        rows = g.reshape(-1, g.shape[-1])                 # (N, fan_out)
-        if x.requires_grad:
-            x._accumulate(_matmul(g, weight.data.T))
-        if weight.requires_grad:
-            weight._accumulate(x.data.reshape(-1, x.shape[-1]).T @ rows)
-        if bias is not None and bias.requires_grad:
-            bias._accumulate(rows.sum(axis=0))
-    out._backward = _backward
-    return out
-
-
-def cat(tensors, dim=0):
-    """torch.cat: join tensors along `dim`; the gradient is cut back into the pieces."""
-    dim %= tensors[0].data.ndim
-    out = Tensor(np.concatenate([t.data for t in tensors], axis=dim),
-                 _children=tuple(tensors), _op="cat")
-
-    def _backward(g):
-        start = 0
-        for t in tensors:
-            stop = start + t.data.shape[dim]
-            t._accumulate(g[(slice(None),) * dim + (slice(start, stop),)])
-            start = stop
-    out._backward = _backward
-    return out
-
-
-def _row_sum(a):
-    """a.sum(axis=-1, keepdims=True), as a matrix-vector product with a vector of ones:
-    numpy's sum over many short rows is slow, BLAS's is 3-4x faster for these shapes."""
-    return (a.reshape(-1, a.shape[-1]) @ np.ones(a.shape[-1], dtype=a.dtype)).reshape(
-        *a.shape[:-1], 1)
-
-
-def layer_norm(x, weight, bias, eps=1e-5):
-    """F.layer_norm over the last dimension, as ONE op: every row of x is normalized to
-    mean 0 and variance 1 (the biased variance, as torch), then scaled by `weight` and
-    shifted by `bias` (bias may be None). Stage 05's batch-norm backward, by rows instead
-    of columns: dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std."""
-    C = x.shape[-1]
-    xc = x.data - _row_sum(x.data) / C                   # (..., C) centred
-    rstd = 1 / np.sqrt(_row_sum(xc * xc) / C + eps)      # (..., 1)
-    xhat = xc * rstd                                     # (..., C) normalized
-    out = xhat * weight.data
-    if bias is not None:
-        out += bias.data
-    children = (x, weight) if bias is None else (x, weight, bias)
-    out = Tensor(out, _children=children, _op="layer_norm")
-
-    def _backward(g):
-        if weight.requires_grad:
-            weight._accumulate((g * xhat).reshape(-1, C).sum(axis=0))
-        if bias is not None and bias.requires_grad:
-            bias._accumulate(g.reshape(-1, C).sum(axis=0))
-        if x.requires_grad:
-            dxhat = g * weight.data
-            dx = xhat * (_row_sum(dxhat * xhat) / C)
-            dx += _row_sum(dxhat) / C
-            np.subtract(dxhat, dx, out=dx)
-            dx *= rstd
-            x._accumulate(dx)
-    out._backward = _backward
-    return out
-
-
-def scaled_dot_product_attention(q, k, v, dropout_p=0.0, generator=None):
-    """Causal self-attention of every head at once (torch's
-    F.scaled_dot_product_attention(q, k, v, is_causal=True)), as ONE op: the steps of the
-    lecture's Head (q @ k^T / sqrt(head_size), mask the future, softmax, dropout, @ v) on
-    (B, H, T, hs) arrays, with the backward pass written out, so no (B, H, T, T)
-    intermediate is kept but the attention weights themselves. Returns (out, weights)."""
-    T, hs = q.shape[-2], q.shape[-1]
-    qs = q.data * hs**-0.5                  # scaling q is cheaper than scaling q @ k^T
-    att = qs @ np.swapaxes(k.data, -1, -2)                 # (B, H, T, T) affinities
-    # softmax over each row. Subtracting the row's max only keeps exp() from overflowing
-    # (it does not change the result); numpy's max over short rows is slow, so it is
-    # skipped when no affinity is big enough to over- or underflow float32's exp()
-    big = not -60 < att.min() <= att.max() < 60
-    att += np.triu(np.full((T, T), -np.inf, dtype=att.dtype), 1)  # no looking ahead
-    if big:
-        att -= att.max(axis=-1, keepdims=True)
-    np.exp(att, out=att)                                   # in place: exp(-inf) = 0
-    att /= _row_sum(att)
-    weights = att
-    if dropout_p > 0:  # dropout on the weights, as the Head does
-        keep = rng.rand(*att.shape, generator=generator) < 1 - dropout_p
-        weights = att * keep
-        weights *= 1 / (1 - dropout_p)
-    out = Tensor(weights @ v.data, _children=(q, k, v), _op="attention")  # (B, H, T, hs)
-    del weights  # (recomputed in the backward pass: (B, H, T, T) floats are big)
-
-    def _backward(g):
-        weights = att
-        if dropout_p > 0:
-            weights = att * keep
-            weights *= 1 / (1 - dropout_p)
-        if v.requires_grad:
-            v._accumulate(np.swapaxes(weights, -1, -2) @ g)
-        datt = g @ np.swapaxes(v.data, -1, -2)               # (B, H, T, T)
-        if dropout_p > 0:
-            datt *= keep
-            datt *= 1 / (1 - dropout_p)
-        # softmax backward: att * (datt - sum(datt * att)); masked places have att = 0
-        datt -= _row_sum(datt * att)
-        datt *= att
-        if q.requires_grad:
-            dq = datt @ k.data
-            dq *= hs**-0.5
-            q._accumulate(dq)
-        if k.requires_grad:
-            k._accumulate(np.swapaxes(datt, -1, -2) @ qs)
-    out._backward = _backward
-    return out, att
 
 
 # %% Model: the self-attention trick
@@ -943,10 +310,8 @@ class Module:
 
 
 def normal_init(shape, std, generator):
-    """torch.nn.init.normal_(a tensor of this shape, 0, std), from `generator`. (torch
-    draws fewer than 16 values another way; then we keep the first of 16 draws.)"""
-    n = math.prod(shape)
-    return rng.normal(max(n, 16), 0.0, std, generator=generator)[:n].reshape(shape)
+    """torch.nn.init.normal_(a tensor of this shape, 0, std), from `generator`."""
+    return rng.normal(math.prod(shape), 0.0, std, generator=generator).reshape(shape)
 
 
 class Linear(Module):
@@ -1067,7 +432,7 @@ class MultiHeadAttention(Module):
     keep_att = False
 
     def __init__(self, num_heads, head_size, n_embd, block_size, dropout=0.0,
-                 generator=None, proj=True, batched=True):
+                 generator=None, proj=True, batched=False):
         self.heads = [Head(n_embd, head_size, block_size, dropout, generator)
                       for _ in range(num_heads)]
         # the projection back into the residual stream (from the lecture's residual step)
@@ -1291,8 +656,10 @@ class AdamW:
     """torch.optim.AdamW's algorithm, step for step: decoupled weight decay
     p -= lr * wd * p first, then Adam: running means of the gradient (m) and of its square
     (v), both corrected for starting at zero, and the update lr * m_hat / (sqrt(v_hat) +
-    eps). Weight decay applies to every parameter (torch's default) or, as nanoGPT does,
-    to the matrices only (not to biases and LayerNorm weights)."""
+    eps). As in torch, each parameter counts its own steps (one without a gradient is
+    skipped, and its count does not move). Weight decay applies to every parameter
+    (torch's default) or, as nanoGPT does, to the matrices only (not to biases and
+    LayerNorm weights)."""
 
     def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  decay="all"):
@@ -1302,7 +669,7 @@ class AdamW:
                              for p in self.params]
         self.m = [np.zeros_like(p.data) for p in self.params]
         self.v = [np.zeros_like(p.data) for p in self.params]
-        self.t = 0  # steps taken, for the bias corrections
+        self.t = np.zeros(len(self.params), dtype=np.int64)  # steps taken, per parameter
 
     def zero_grad(self):
         for p in self.params:
@@ -1311,13 +678,14 @@ class AdamW:
     def step(self, lr=None):
         lr = self.lr if lr is None else lr
         beta1, beta2 = self.betas
-        self.t += 1
-        step_size = lr / (1 - beta1**self.t)              # lr / bias correction 1
-        bias_correction2_sqrt = math.sqrt(1 - beta2**self.t)
-        for p, m, v, wd in zip(self.params, self.m, self.v, self.weight_decay):
+        for i, (p, m, v, wd) in enumerate(zip(self.params, self.m, self.v,
+                                              self.weight_decay)):
             g = p.grad
             if g is None:
                 continue
+            self.t[i] += 1
+            step_size = lr / (1 - beta1**self.t[i])       # lr / bias correction 1
+            bias_correction2_sqrt = math.sqrt(1 - beta2**self.t[i])
             if wd:
                 p.data *= 1 - lr * wd                      # decoupled weight decay
             m += (1 - beta1) * (g - m)                     # m = beta1 m + (1-beta1) g
@@ -1330,19 +698,15 @@ class AdamW:
 
     def state(self):
         """Arrays for a checkpoint."""
-        arrays = {"adam.t": np.array(self.t)}
+        arrays = {"adam.t": self.t}
         for name, m, v in zip(self.names, self.m, self.v):
             arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"] = m, v
         return arrays
 
     def load_state(self, arrays):
-        try:
-            self.t = int(arrays["adam.t"])
-            for name, m, v in zip(self.names, self.m, self.v):
-                m[...], v[...] = arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"]
-        except (KeyError, ValueError):
-            raise cli.UserError("the checkpoint's optimizer state does not match the "
-                                "model; train again to rewrite it") from None
+        self.t[...] = arrays["adam.t"]
+        for name, m, v in zip(self.names, self.m, self.v):
+            m[...], v[...] = arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"]
 
 
 def clip_grad_norm_(params, max_norm):
@@ -1385,38 +749,64 @@ def estimate_loss(model, splits, cfg, g, max_logits=2**24):
     return out
 
 
-def save_checkpoint(path, cfg, model, optimizer, g, history, extra):
-    """The model, the optimizer's state and the generator's state (.npz), with the config
-    and progress (.json), so --resume continues exactly where the run was."""
+def save_checkpoint(path, cfg, model, optimizer, g, state, tok_meta):
+    """One file: the model, the optimizer's and the generator's state, the config and the
+    progress (step, best val loss, history), so --resume continues exactly there."""
     arrays = {f"model.{name}": p.data for name, p in model.named_parameters()}
     arrays.update(optimizer.state())
     arrays["rng.state"] = g.get_state()
-    cli.save_checkpoint(path, arrays, dict(config=asdict(cfg), history=history, **extra))
+    meta = dict(tok_meta, config=asdict(cfg), step=state["step"],
+                best_val=state["best_val"], history=state["history"])
+    cli.save_checkpoint(path, arrays, meta)
 
 
 def load_checkpoint(path):
-    """(arrays, saved config dict, metadata) of a checkpoint; damaged files are a
-    one-line error."""
-    arrays, meta = cli.load_checkpoint(path)
-    try:
-        saved = Config(**meta["config"])
-        saved.check(resolved=True)
-        if not {"step", "best_val", "history"} <= set(meta) or not {
-                "rng.state", "adam.t"} <= set(arrays):
-            raise KeyError
-    except (KeyError, TypeError, AttributeError, cli.UserError):
-        raise cli.UserError(f"checkpoint {path} does not hold this stage's config; train "
-                            f"again to rewrite it") from None
-    return arrays, saved, meta
+    """(the saved Config, its metadata) of a checkpoint, every field checked: a damaged or
+    foreign file is a one-line error. The arrays are read by load_state."""
+    meta = cli.load_checkpoint_meta(path)
+    source = f"checkpoint {path}"
+    saved = cli.config_from_dict(Config, meta.get("config"), source)
+    cli.field(meta, "step", int, source, min=0, max=saved.steps)
+    cli.field(meta, "best_val", float, source, min=0)
+    cli.field(meta, "tokens_per_char", float, source, min=0)
+    history = cli.field(meta, "history", dict, source)
+    for key in ("step", "loss", "lr", "eval"):
+        values = cli.field(history, key, list, source)
+        rows = values if key == "eval" else [[v] for v in values]
+        if not all(isinstance(r, list) and len(r) == (3 if key == "eval" else 1) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in r)
+                for r in rows):
+            raise cli.UserError(f"{source}: field 'history' is invalid; train again to "
+                                f"rewrite it")
+    if saved.tokenizer == "char":
+        chars = cli.field(meta, "chars", str, source)
+        cli.check(len(chars) == len(set(chars)) > 0,
+                  f"{source}: field 'chars' is invalid; train again to rewrite it")
+    elif saved.tokenizer == "bpe":  # a folder inside the checkpoint's, nowhere else
+        folder = cli.field(meta, "tokenizer_dir", str, source)
+        cli.check(folder == f"bpe{saved.vocab_size}",
+                  f"{source}: field 'tokenizer_dir' is invalid; train again to rewrite it")
+    return saved, meta
 
 
-def load_model_state(model, arrays, path):
+def load_state(path, model, optimizer, g):
+    """Put a checkpoint's arrays into the model, the optimizer and the generator; only the
+    arrays these need are read, each checked for its shape and kind first."""
+    like = {f"model.{name}": p.data for name, p in model.named_parameters()}
+    if optimizer is not None:
+        like.update(optimizer.state(), **{"rng.state": g.get_state()})
+    arrays = cli.load_checkpoint_arrays(path, like)
     for name, p in model.named_parameters():
-        a = arrays.get(f"model.{name}")
-        if a is None or a.shape != p.data.shape:
-            raise cli.UserError(f"checkpoint {path} does not match the model ({name}); "
-                                f"train again to rewrite it")
-        p.data = a.astype(np.float32)
+        p.data = arrays[f"model.{name}"]
+    if optimizer is not None:
+        cli.check(bool((arrays["adam.t"] >= 0).all()), f"checkpoint {path}: the optimizer's "
+                  f"step counts are negative; train again to rewrite it")
+        optimizer.load_state(arrays)
+        try:
+            g.set_state(arrays["rng.state"])
+        except (rng.RandomError, ValueError, TypeError, OverflowError):
+            raise cli.UserError(f"checkpoint {path}: the generator's state is damaged; "
+                                f"train again to rewrite it") from None
 
 
 def train_step(model, optimizer, params, xb, yb, lr, grad_clip):
@@ -1424,8 +814,8 @@ def train_step(model, optimizer, params, xb, yb, lr, grad_clip):
     graph (all the step's activations) is freed when the function returns."""
     logits, loss = model(xb, yb)                        # forward
     optimizer.zero_grad()
-    loss.backward(keep_grads=False)                     # backward (like torch's: only
-    if grad_clip:                                       # the parameters keep .grad)
+    loss.backward()                                     # backward
+    if grad_clip:
         clip_grad_norm_(params, grad_clip)
     optimizer.step(lr)                                  # update
     return loss.item()
@@ -1434,7 +824,8 @@ def train_step(model, optimizer, params, xb, yb, lr, grad_clip):
 def train(cfg, model, optimizer, splits, g, out, tok_meta, state=None, quiet=False):
     """The training loop: every eval_interval steps (and after the last) estimate the
     losses and keep the best model on disk; every step, a batch, forward, backward,
-    gradient clipping, AdamW update at the scheduled learning rate."""
+    gradient clipping, AdamW update at the scheduled learning rate. Ctrl-C stops between
+    two steps and saves a checkpoint that --resume continues exactly from."""
     say = (lambda *a, **k: None) if quiet else print
     state = state or dict(step=0, best_val=float("inf"),
                           history=dict(step=[], loss=[], lr=[], eval=[]))
@@ -1444,31 +835,37 @@ def train(cfg, model, optimizer, splits, g, out, tok_meta, state=None, quiet=Fal
     progress = cli.Progress(cfg.steps - start, every=max(1, cfg.eval_interval // 5),
                             quiet=quiet)
     step_seconds, saved = 0.0, None
-    for it in range(start, cfg.steps + 1):
-        if (it % cfg.eval_interval == 0 or it == cfg.steps) and \
-                not (it == start and history["eval"]):  # (a resumed run did this one)
-            losses = estimate_loss(model, splits, cfg, g)
-            bpc = losses["val"] * tok_meta["tokens_per_char"] / math.log(2)
-            history["eval"].append((it, losses["train"], losses["val"]))
-            say(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                f" ({bpc:.3f} bits per character)", flush=True)
-            if losses["val"] < state["best_val"]:
-                state["best_val"] = losses["val"]
-                if it > 0:  # keep the best model so far (and all it needs to resume)
-                    save_checkpoint(path, cfg, model, optimizer, g, history,
-                                    dict(tok_meta, step=it, best_val=losses["val"]))
-                    saved = it
-        if it == cfg.steps:
-            break
-        t0 = time.perf_counter()
-        lr = get_lr(cfg, it)
-        xb, yb = get_batch(splits["train"], cfg.block_size, cfg.batch_size, g)
-        loss = train_step(model, optimizer, params, xb, yb, lr, cfg.grad_clip)
-        step_seconds += time.perf_counter() - t0
-        history["step"].append(it)
-        history["loss"].append(cli.finite(loss))
-        history["lr"].append(lr)
-        progress.update(it - start, history["loss"][-1], lr)
+    with cli.deferred_interrupt() as stop:
+        for it in range(start, cfg.steps + 1):
+            if stop.requested:  # Ctrl-C: save this very step, to resume from
+                save_checkpoint(path, cfg, model, optimizer, g, dict(state, step=it),
+                                tok_meta)
+                say(f"\nstopped at step {it}: saved in {path}; --resume continues")
+                raise KeyboardInterrupt
+            if (it % cfg.eval_interval == 0 or it == cfg.steps) and \
+                    not (history["eval"] and history["eval"][-1][0] == it):  # not twice
+                losses = estimate_loss(model, splits, cfg, g)
+                bpc = losses["val"] * tok_meta["tokens_per_char"] / math.log(2)
+                history["eval"].append([it, losses["train"], losses["val"]])
+                say(f"step {it}: train loss {losses['train']:.4f}, val loss "
+                    f"{losses['val']:.4f} ({bpc:.3f} bits per character)", flush=True)
+                if losses["val"] < state["best_val"]:
+                    state["best_val"] = losses["val"]
+                    if it > 0:  # keep the best model so far (and all it needs to resume)
+                        save_checkpoint(path, cfg, model, optimizer, g,
+                                        dict(state, step=it), tok_meta)
+                        saved = it
+            if it == cfg.steps:
+                break
+            t0 = time.perf_counter()
+            lr = get_lr(cfg, it)
+            xb, yb = get_batch(splits["train"], cfg.block_size, cfg.batch_size, g)
+            loss = train_step(model, optimizer, params, xb, yb, lr, cfg.grad_clip)
+            step_seconds += time.perf_counter() - t0
+            history["step"].append(it)
+            history["loss"].append(loss)
+            history["lr"].append(lr)
+            progress.update(it - start, loss, lr, elapsed=step_seconds)
     steps_run = cfg.steps - start
     return dict(state, history=history, saved=saved,
                 ms_per_step=1000 * step_seconds / steps_run if steps_run else float("nan"),
@@ -1507,33 +904,31 @@ def sample(model, tok, cfg, g, ids, stream=True):
 
 
 def tokenizer_of(saved, meta, out):
-    """The tokenizer a checkpoint was trained with."""
-    try:
-        if saved.tokenizer == "char":
-            return CharTokenizer(meta["chars"])
-        if saved.tokenizer == "gpt2":
-            return bpe.gpt2()
-        return bpe.Tokenizer.load(Path(out) / meta["tokenizer_dir"])
-    except KeyError:
-        raise cli.UserError(f"checkpoint in {out} does not name its tokenizer; train again "
-                            f"to rewrite it") from None
+    """The tokenizer a checkpoint was trained with (load_checkpoint checked its fields)."""
+    if saved.tokenizer == "char":
+        return CharTokenizer(meta["chars"])
+    if saved.tokenizer == "gpt2":
+        return bpe.gpt2()
+    return bpe.Tokenizer.load(Path(out) / meta["tokenizer_dir"])
 
 
 def sample_main(cfg):
     """--sample: load the checkpoint in --out and stream a sample."""
     path = Path(cfg.out) / "ckpt.npz"
-    arrays, saved, meta = load_checkpoint(path)
+    saved, meta = load_checkpoint(path)
     tok = tokenizer_of(saved, meta, cfg.out)
     ids = encode_prompt(tok, cfg.prompt)
+    check_size(saved, tok.vocab_size)
     model = build_model(saved, tok.vocab_size, rng.Generator(saved.seed))
-    load_model_state(model, arrays, path)
-    print(f"[{path}: {saved.model} model, step {meta.get('step')}, val loss "
-          f"{meta.get('best_val', float('nan')):.4f}; temperature {cfg.temperature}, "
+    load_state(path, model, None, None)
+    print(f"[{path}: {saved.model} model, step {meta['step']}, val loss "
+          f"{meta['best_val']:.4f}; temperature {cfg.temperature}, "
           f"top-k {cfg.top_k or 'off'}, seed {cfg.seed}]", flush=True)
     g = rng.Generator(cfg.seed)
     sys.stdout.write(cfg.prompt)
     start = time.perf_counter()
-    text = sample(model, tok, cfg, g, ids)
+    text = sample(model, tok, replace(saved, max_new_tokens=cfg.max_new_tokens,
+                                      temperature=cfg.temperature, top_k=cfg.top_k), g, ids)
     seconds = time.perf_counter() - start
     print(f"\n[{cfg.max_new_tokens} tokens in {seconds:.1f}s: "
           f"{cfg.max_new_tokens / max(seconds, 1e-9):.0f} tokens/s]")
@@ -1650,22 +1045,30 @@ def show_untrained_bigram(train_data, tok, seed):
     return loss.item(), text
 
 
-def resume_config(cfg, argv):
+def resume_config(cfg, given):
     """The checkpoint's config, with the training flags given now (e.g. more --steps);
     the model and tokenizer cannot change."""
     path = Path(cfg.out) / "ckpt.npz"
-    arrays, saved, meta = load_checkpoint(path)
-    given = given_fields(argv)
+    saved, meta = load_checkpoint(path)
     for name in ARCHITECTURE:
         if name in given and getattr(cfg, name) != getattr(saved, name):
-            raise cli.UserError(f"{_flag(name)} cannot change when resuming (the "
+            raise cli.UserError(f"{cli.flag(name)} cannot change when resuming (the "
                                 f"checkpoint has {getattr(saved, name)})")
     keep = given - set(ARCHITECTURE) | {"resume", "out"}
     cfg = replace(saved, **{k: getattr(cfg, k) for k in keep})
-    cfg.check(resolved=True)
+    cli.check_config(cfg, flags=True)
     cli.check(cfg.steps > meta["step"], f"the checkpoint is at step {meta['step']}: give "
                                         f"--steps beyond it to train on")
-    return cfg, arrays, meta
+    return cfg, meta
+
+
+def check_size(cfg, vocab_size):
+    """Refuse up front a model (with its gradients, AdamW's state and a batch's
+    activations) that cannot fit in memory."""
+    C, T, L = cfg.n_embd, cfg.block_size, cfg.n_layer
+    params = 12 * L * C * C + (vocab_size + T) * C
+    activations = cfg.batch_size * T * (20 * L * C + 3 * vocab_size + 4 * L * cfg.n_head * T)
+    cli.check_fits(4 * params + activations, "this model")
 
 
 def describe(cfg, n_params):
@@ -1682,16 +1085,14 @@ def describe(cfg, n_params):
 
 
 def main(argv=None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    cfg = cli.parse_config(Config, argv, __doc__, prog="07_gpt/train.py")
-    cfg = with_presets(cfg, argv)
-    cfg.check(resolved=True)
+    cfg, given = cli.parse_config(Config, argv, __doc__, prog="07_gpt/train.py",
+                                  presets=presets, with_given=True)
     cli.keep_freed_memory()  # big arrays every step: keep their memory for the next one
     if cfg.sample:
         return sample_main(cfg)
-    arrays = meta = None
+    meta = None
     if cfg.resume:
-        cfg, arrays, meta = resume_config(cfg, argv)
+        cfg, meta = resume_config(cfg, given)
     out = cli.out_dir(cfg.out)
 
     text = data.load_shakespeare()
@@ -1719,6 +1120,7 @@ def main(argv=None) -> dict:
         result["trick_equal"] = show_attention_trick(cfg.seed)
 
     g = rng.manual_seed(cfg.seed)  # torch.manual_seed: init, batches, dropout, sampling
+    check_size(cfg, tok.vocab_size)
     model = build_model(cfg, tok.vocab_size, g)
     n_params = sum(p.data.size for p in model.parameters())
     print(describe(cfg, n_params))
@@ -1726,17 +1128,14 @@ def main(argv=None) -> dict:
                       weight_decay=cfg.weight_decay, decay=cfg.decay)
     state = None
     if cfg.resume:
-        load_model_state(model, arrays, Path(out) / "ckpt.npz")
-        optimizer.load_state(arrays)
-        g.set_state(arrays["rng.state"])
-        history = dict(meta["history"], eval=[tuple(e) for e in meta["history"]["eval"]])
-        state = dict(step=meta["step"], best_val=meta["best_val"], history=history)
-        print(f"resuming at step {state['step']} (val loss {state['best_val']:.4f})")
+        load_state(Path(out) / "ckpt.npz", model, optimizer, g)
+        state = dict(step=meta["step"], best_val=meta["best_val"], history=meta["history"])
+        print(f"resuming at step {state['step']} (best val loss {state['best_val']:.4f})")
     if cfg.preset == "lecture":
         print("the lecture's full model takes about a day on a CPU (measured: 15.5 s per "
               "step and half an hour per loss estimate on one core; the lecture used a "
               "GPU). The progress line shows the time left; --eval-iters 20 shortens the "
-              "estimates; Ctrl-C stops, the best checkpoint stays, --resume continues")
+              "estimates; Ctrl-C saves the step it is at, --resume continues")
     schedule = f"{cfg.warmup_steps} warmup steps, cosine decay to {cfg.min_lr:g}" \
         if cfg.schedule == "cosine" else "constant"
     decayed = "the matrices" if cfg.decay == "matrices" else "all parameters"
@@ -1775,6 +1174,683 @@ def main(argv=None) -> dict:
                 best_val=res["best_val"], saved_step=res["saved"],
                 ms_per_step=res["ms_per_step"], seconds=res["seconds"], sample=text_out,
                 files=files)
+
+
+# %% Engine
+# Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
+# file like a library; each stage carries it forward unchanged and appends what its
+# lecture needs in a cell of its own ("Engine: new in stage NN").
+class no_grad:
+    """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
+
+    enabled = True  # is the graph being recorded?
+
+    def __enter__(self):
+        self.prev, no_grad.enabled = no_grad.enabled, False
+
+    def __exit__(self, *exc):
+        no_grad.enabled = self.prev
+
+
+def _unbroadcast(grad, shape):
+    """Sum a gradient back to `shape`, undoing numpy broadcasting: the dimensions that
+    broadcasting added in front, and those it stretched from size 1."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _matmul(a, b):
+    """a @ b; a stack of matrices times one matrix, (B, T, C) @ (C, N), as ONE
+    (B*T, C) @ (C, N) matmul: numpy would multiply the B small matrices one by one."""
+    if b.ndim == 2 < a.ndim:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    return a @ b
+
+
+class Tensor:
+    """A numpy array plus its gradient and the op that made it: stage 01's Value, with
+    the scalar replaced by an array. Each op computes its result with numpy and stores a
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs. A
+    closure holds the op's inputs and the arrays it needs, never its own result, so the
+    graph has no reference cycles and each step's memory is freed as soon as it ends."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_retain",
+                 "__weakref__")
+
+    def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
+        if dtype is None:
+            array = np.asarray(data)
+            if array.dtype.kind in "iu":
+                dtype = np.int64  # integers stay integers, as in torch.tensor([1, 2])
+            elif array.dtype.kind != "b" and not (
+                    isinstance(data, (np.ndarray, np.generic)) and array.dtype.kind == "f"):
+                dtype = np.float32  # like torch: float32 unless asked (tests use float64)
+        self.data = np.asarray(data, dtype=dtype)
+        self.grad = None
+        # an op's result needs a gradient if any input does (and we are recording)
+        self.requires_grad = requires_grad or (
+            no_grad.enabled and any(c.requires_grad for c in _children))
+        self._prev = _children if self.requires_grad else ()
+        self._backward = None
+        self._op = _op
+        self._retain = False
+
+    def _accumulate(self, grad):
+        """grad += (the op's contribution), summed back to this tensor's shape. `+=`
+        because a tensor used twice receives a gradient from each use."""
+        if not self.requires_grad:
+            return
+        grad = _unbroadcast(grad, self.data.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def _wrap(self, other):
+        return other if isinstance(other, Tensor) else Tensor(other, dtype=self.data.dtype)
+
+    # -- arithmetic: a + b, a * b, ... (numpy broadcasts; _accumulate undoes it) --
+    def __add__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data + other.data, _children=(self, other), _op="+")
+
+        def _backward(g):  # d(a+b)/da = d(a+b)/db = 1
+            self._accumulate(g)
+            other._accumulate(g)
+        out._backward = _backward
+        return out
+
+    def __mul__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data * other.data, _children=(self, other), _op="*")
+
+        def _backward(g):  # d(a*b)/da = b, d(a*b)/db = a
+            self._accumulate(g * other.data)
+            other._accumulate(g * self.data)
+        out._backward = _backward
+        return out
+
+    def __truediv__(self, other):
+        other = self._wrap(other)
+        out = Tensor(self.data / other.data, _children=(self, other), _op="/")
+
+        def _backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b**2
+            self._accumulate(g / other.data)
+            other._accumulate(-g * self.data / other.data**2)
+        out._backward = _backward
+        return out
+
+    def __pow__(self, k):
+        assert isinstance(k, (int, float)), "only a number exponent is supported"
+        out = Tensor(self.data**k, _children=(self,), _op=f"**{k}")
+
+        def _backward(g):  # d(a**k)/da = k * a**(k-1)
+            self._accumulate(g * k * self.data ** (k - 1))
+        out._backward = _backward
+        return out
+
+    def __matmul__(self, other):
+        other = self._wrap(other)
+        a, b = self.data, other.data
+        out = Tensor(_matmul(a, b), _children=(self, other), _op="@")
+
+        def _backward(g):  # A @ B: dA = g @ B^T, dB = A^T @ g, on the last two dims
+            a2 = a[None] if a.ndim == 1 else a            # a vector is a (1, K) row,
+            b2 = b[:, None] if b.ndim == 1 else b         # or a (K, 1) column
+            g2 = g[..., None] if b.ndim == 1 else g
+            g2 = g2[..., None, :] if a.ndim == 1 else g2
+            if self.requires_grad:
+                da = _matmul(g2, np.swapaxes(b2, -1, -2))
+                self._accumulate(da[..., 0, :] if a.ndim == 1 else da)
+            if other.requires_grad:
+                if b2.ndim == 2 < a2.ndim:  # (B, T, K) @ (K, M): dB sums over all B*T rows
+                    db = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+                else:
+                    db = np.swapaxes(a2, -1, -2) @ g2
+                other._accumulate(db[..., 0] if b.ndim == 1 else db)
+        out._backward = _backward
+        return out
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        return self + (-self._wrap(other))
+
+    def __radd__(self, other):  # 1 + a
+        return self + other
+
+    def __rsub__(self, other):  # 1 - a
+        return self._wrap(other) - self
+
+    def __rmul__(self, other):  # 2 * a
+        return self * other
+
+    def __rtruediv__(self, other):  # 1 / a
+        return self._wrap(other) / self
+
+    # -- elementwise functions --
+    def exp(self):
+        e = np.exp(self.data)
+        out = Tensor(e, _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * e)  # d exp(a) = exp(a)
+        return out
+
+    def log(self):
+        out = Tensor(np.log(self.data), _children=(self,), _op="log")
+        out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
+        return out
+
+    # -- reductions: the gradient of a sum flows back unchanged to every summed element --
+    def sum(self, dim=None, keepdim=False):
+        out = Tensor(self.data.sum(axis=dim, keepdims=keepdim), _children=(self,), _op="sum")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)  # (27,) -> (27, 1) so it broadcasts back
+            self._accumulate(np.broadcast_to(g, self.data.shape))
+        out._backward = _backward
+        return out
+
+    def mean(self, dim=None, keepdim=False):
+        m = self.data.mean(axis=dim, keepdims=keepdim)
+        n = self.data.size // max(np.size(m), 1)  # how many numbers each mean averages
+        out = Tensor(m, _children=(self,), _op="mean")
+
+        def _backward(g):
+            if dim is not None and not keepdim:
+                g = np.expand_dims(g, dim)
+            self._accumulate(np.broadcast_to(g / n, self.data.shape))
+        out._backward = _backward
+        return out
+
+    # -- indexing: probs[arange(n), ys] picks one probability per row --
+    def __getitem__(self, idx):
+        if isinstance(idx, tuple):
+            idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+        elif isinstance(idx, Tensor):
+            idx = idx.data
+        out = Tensor(self.data[idx], _children=(self,), _op="[]")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.add.at(grad, idx, g)  # scatter-add: a row picked twice gets both gradients
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- new in stage 03: the hidden layer's tanh, and view to concatenate embeddings --
+    def tanh(self):
+        t = np.tanh(self.data)
+        out = Tensor(t, _children=(self,), _op="tanh")
+        out._backward = lambda g: self._accumulate(g * (1 - t**2))  # 1 - tanh**2
+        return out
+
+    def view(self, *shape):
+        """The same numbers seen as a different shape (no copy, like torch's view)."""
+        out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
+        out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
+        return out
+
+    reshape = view
+
+    # -- new in stage 04: sqrt, and the spread of numbers (BatchNorm divides by it) --
+    def sqrt(self):
+        s = np.sqrt(self.data)
+        out = Tensor(s, _children=(self,), _op="sqrt")
+        out._backward = lambda g: self._accumulate(g / (2 * s))  # 1 / (2 sqrt(a))
+        return out
+
+    def var(self, dim=None, keepdim=False, unbiased=True):
+        """The mean squared distance from the mean; divided by n - 1 instead of n when
+        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
+        to the samples than the true mean does, so dividing by n would come out small)."""
+        ddof = 1 if unbiased else 0
+        v = _spread(self.data, dim, ddof)                     # reduced dims kept as 1
+        d = self.data.size // v.size - ddof                   # the divisor: n - 1 or n
+        out = Tensor(v if keepdim else np.squeeze(v, axis=dim), _children=(self,),
+                     _op="var")
+
+        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
+            self._accumulate(g.reshape(v.shape) * 2 * dev / d)  # deviations sum to 0)
+        out._backward = _backward
+        return out
+
+    def std(self, dim=None, keepdim=False, unbiased=True):
+        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
+        ddof = 1 if unbiased else 0
+        s = _spread(self.data, dim, ddof, take_sqrt=True)
+        d = self.data.size // s.size - ddof
+        out = Tensor(s if keepdim else np.squeeze(s, axis=dim), _children=(self,),
+                     _op="std")
+
+        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)
+            self._accumulate(g.reshape(s.shape) * dev / (d * s))
+        out._backward = _backward
+        return out
+
+    # -- new in stage 05: max, whose gradient is routed to the largest element --
+    def max(self, dim=None, keepdim=False):
+        """torch's max: with no dim, the largest element (a Tensor); with dim, the pair
+        (values, indices) of the largest along dim. Only the largest element decides the
+        result, so the gradient flows to it alone: a max routes the gradient like a
+        switch (a one-hot mask). The indices are plain integers, with no gradient."""
+        if dim is None:
+            return self.view(-1).max(0).values
+        where = np.expand_dims(self.data.argmax(axis=dim), dim)  # (N, 1) the first largest
+        values = np.take_along_axis(self.data, where, axis=dim)  # (N, 1)
+        out = Tensor(values if keepdim else np.squeeze(values, axis=dim),
+                     _children=(self,), _op="max")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.put_along_axis(grad, where, g.reshape(where.shape), axis=dim)
+            self._accumulate(grad)
+        out._backward = _backward
+        return MaxResult(out, where if keepdim else np.squeeze(where, axis=dim))
+
+    # -- new in stage 06: squeeze, and ndim --
+    def squeeze(self, dim):
+        """Drop dimension `dim` if its size is 1: (B, 1, C) -> (B, C). Also a view."""
+        if self.data.shape[dim] != 1:
+            return self
+        dim %= self.data.ndim
+        return self.view(*(n for i, n in enumerate(self.data.shape) if i != dim))
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    # -- new in stage 07: the ops of attention, each with its backward pass --
+    def transpose(self, dim0, dim1):
+        """Swap two dimensions (a view, as in torch): k.transpose(-2, -1) is every k^T."""
+        out = Tensor(np.swapaxes(self.data, dim0, dim1), _children=(self,), _op="transpose")
+        out._backward = lambda g: self._accumulate(np.swapaxes(g, dim0, dim1))
+        return out
+
+    def permute(self, *dims):
+        """Reorder the dimensions (a view, as in torch): (B, T, nh, hs) -> (B, nh, T, hs)
+        with permute(0, 2, 1, 3). The gradient goes back through the inverse order."""
+        out = Tensor(np.transpose(self.data, dims), _children=(self,), _op="permute")
+        out._backward = lambda g: self._accumulate(np.transpose(g, np.argsort(dims)))
+        return out
+
+    def masked_fill(self, mask, value):
+        """`value` where mask is True, the tensor elsewhere: wei.masked_fill(tril == 0,
+        -inf) hides the future. The filled places pass no gradient back."""
+        mask = np.asarray(mask, dtype=bool)
+        out = Tensor(np.where(mask, np.asarray(value, dtype=self.data.dtype), self.data),
+                     _children=(self,), _op="masked_fill")
+        out._backward = lambda g: self._accumulate(g * ~mask)  # 0 where filled
+        return out
+
+    def softmax(self, dim=-1):
+        """F.softmax as ONE op: exp(x - max) / sum. The backward pass is the short
+        s * (g - sum(g * s)) (the softmax Jacobian diag(s) - s s^T applied to g)."""
+        x = self.data
+        e = np.exp(x - x.max(axis=dim, keepdims=True))  # no overflow; exp(-inf) = 0
+        s = e / e.sum(axis=dim, keepdims=True)
+        out = Tensor(s, _children=(self,), _op="softmax")
+        out._backward = lambda g: self._accumulate(
+            s * (g - (g * s).sum(axis=dim, keepdims=True)))
+        return out
+
+    def log_softmax(self, dim=-1):
+        """F.log_softmax as ONE op: x - max - log(sum(exp(x - max))), never log(0). The
+        backward pass is g - softmax * sum(g)."""
+        x = self.data
+        shifted = x - x.max(axis=dim, keepdims=True)
+        ls = shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+        out = Tensor(ls, _children=(self,), _op="log_softmax")
+        out._backward = lambda g: self._accumulate(
+            g - np.exp(ls) * g.sum(axis=dim, keepdims=True))
+        return out
+
+    def relu(self):
+        out = Tensor(np.maximum(self.data, 0), _children=(self,), _op="relu")
+        out._backward = lambda g: self._accumulate(g * (self.data > 0))  # 1 where x > 0
+        return out
+
+    def gelu(self):
+        """GELU, x * P(N(0,1) < x), in GPT-2's tanh approximation (torch's
+        GELU(approximate='tanh')): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+        x = self.data
+        c = math.sqrt(2 / math.pi)
+        t = np.tanh(c * (x + 0.044715 * x**3))
+        out = Tensor(0.5 * x * (1 + t), _children=(self,), _op="gelu")
+
+        def _backward(g):  # product rule; d tanh(u) = (1 - t^2) du
+            du = c * (1 + 3 * 0.044715 * x**2)
+            self._accumulate(g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du))
+        out._backward = _backward
+        return out
+
+    def dropout(self, p, generator=None):
+        """Inverted dropout, as torch's: keep each element with probability 1 - p and
+        scale the kept ones by 1 / (1 - p), so the expected value does not change and
+        evaluation (no dropout) needs no rescaling. The mask comes from `generator`."""
+        keep = rng.rand(*self.data.shape, generator=generator) < 1 - p  # bool: 1 byte
+        out = self.data * keep
+        out *= 1 / (1 - p)
+        out = Tensor(out, _children=(self,), _op="dropout")
+        out._backward = lambda g: self._accumulate(g * keep * (1 / (1 - p)))
+        return out
+
+    def split(self, split_size, dim=-1):
+        """torch's x.split(size, dim): consecutive pieces of `split_size` along `dim`;
+        q, k, v = qkv.split(C, dim=2). Each piece's gradient goes back to its place."""
+        dim %= self.data.ndim
+        n = self.data.shape[dim]
+        return [self._piece((slice(None),) * dim + (slice(i, min(i + split_size, n)),))
+                for i in range(0, n, split_size)]
+
+    def _piece(self, index):
+        out = Tensor(self.data[index], _children=(self,), _op="split")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            grad[index] = g
+            self._accumulate(grad)
+        out._backward = _backward
+        return out
+
+    # -- backpropagation --
+    def backward(self):
+        """Fill .grad of every tensor this one depends on. The graph is ordered
+        topologically with an explicit stack (no recursion limit), then each op's
+        _backward runs from the output back to the inputs. As in torch, the graph is
+        freed on the way: once an op has passed its gradient on, it lets go of its
+        inputs and saved arrays, and an intermediate result drops its .grad (only the
+        leaves, such as parameters, keep theirs, and tensors asked to retain_grad())."""
+        topo, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                topo.append(node)  # after everything it depends on
+            elif id(node) not in visited:
+                visited.add(id(node))
+                stack.append((node, True))
+                stack.extend((child, False) for child in node._prev)
+        self.grad = np.ones_like(self.data)  # d self / d self = 1
+        for node in reversed(topo):
+            if node._backward is not None:
+                if node.grad is not None:
+                    node._backward(node.grad)
+                node._backward, node._prev = None, ()
+                if not node._retain:
+                    node.grad = None
+
+    def retain_grad(self):
+        """Keep this intermediate result's .grad after backward(), as torch's does."""
+        self._retain = True
+        return self
+
+    # -- conveniences --
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def item(self):
+        return self.data.item()
+
+    def __repr__(self):
+        return f"Tensor({self.data}, requires_grad={self.requires_grad})"
+
+
+def one_hot(ix, num_classes):
+    """F.one_hot(ix, num_classes).float(): row i is all zeros but a 1 at column ix[i]."""
+    return np.eye(num_classes, dtype=np.float32)[ix]
+
+
+# %% Engine: new in stage 03
+def cross_entropy(logits, targets):
+    """F.cross_entropy(logits, targets): the mean negative log likelihood of `targets`
+    under softmax(logits), built from the ops above. Subtracting each row's largest logit
+    first changes nothing mathematically (softmax(x - c) = softmax(x)) but keeps exp()
+    from overflowing; the max is taken as a constant, since the result does not depend
+    on it. Then log softmax = shifted - log(sum(exp(shifted))), which never takes log(0)."""
+    n = len(targets)
+    shifted = logits - Tensor(logits.data.max(axis=1, keepdims=True))  # (N, 27), max 0
+    logprobs = shifted - shifted.exp().sum(1, keepdim=True).log()       # (N, 27)
+    return -logprobs[np.arange(n), targets].mean()
+
+
+# %% Engine: new in stage 04
+def _spread(x, dim, ddof, take_sqrt=False):
+    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
+    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
+    double precision and rounded once to x's precision (float32 for training)."""
+    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
+    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
+
+
+# %% Engine: new in stage 05
+# what torch's max(dim) returns: the largest values (a Tensor) and where they are (ints)
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+def cross_entropy(logits, targets, ignore_index=None):
+    """Stage 03's cross_entropy as ONE op, with the backward pass derived in this lecture
+    (exercise 2): dlogits = (softmax(logits) - one_hot(targets)) / N, one formula instead
+    of a chain of max, subtract, exp, sum, log, index and mean ops, each with its own
+    backward pass and intermediate arrays. It replaces the definition above (the same
+    numbers); the stages after this one use it. Rows whose target is `ignore_index`
+    (makemore pads with -1) are left out: of the mean, and of the gradient."""
+    x = logits.data                                       # (N, 27)
+    rows, keep = np.arange(len(targets)), None
+    if ignore_index is not None:
+        keep = targets != ignore_index                    # (N,) the rows that count
+        rows, targets = np.flatnonzero(keep), targets[keep]
+    n = len(rows)
+    shifted = x - x.max(axis=1, keepdims=True)            # largest logit is now 0
+    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logprobs = shifted - log_norm                         # (N, 27) log softmax
+    out = Tensor(-logprobs[rows, targets].mean(), _children=(logits,),
+                 _op="cross_entropy")
+
+    def _backward(g):
+        dlogits = np.exp(logprobs)                        # softmax
+        dlogits[rows, targets] -= 1                       # minus one-hot
+        if keep is not None:
+            dlogits[~keep] = 0                            # ignored rows: no gradient
+        logits._accumulate(g * dlogits / n)
+    out._backward = _backward
+    return out
+
+
+def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
+    """BatchNorm as ONE op (F.batch_norm), with the backward pass derived in this lecture
+    (exercise 3): every feature (the last dimension, D) of x is shifted by a mean and
+    divided by sqrt(var + eps), then scaled by `gain` and shifted by `bias` (D,). Without
+    `mean` and `var` (training) they are the batch's own, taken over the dimensions
+    `dims` ((0,) for (N, D) input, (0, 1) for (B, T, D)), the variance unbiased as in the
+    lecture, and a gradient flows through them; returns (out, mean, var), the reduced
+    dimensions kept as size 1 as the lecture's keepdim=True does, so the caller can update
+    its running estimates. Given `mean` and `var` (evaluation: the running estimates),
+    they are constants. With xhat = (x - mean) / sqrt(var + eps), s = gain / sqrt(var +
+    eps) and N values per statistic,
+        dx = s / N * (N dout - sum(dout) - N / (N - 1) * xhat * sum(dout * xhat))
+    one formula instead of a chain of mean, subtract, var, add, sqrt, divide, multiply and
+    add ops."""
+    training = mean is None
+    if training:
+        mean = x.data.mean(axis=dims, keepdims=True)          # (1, D) or (1, 1, D)
+        var = _spread(x.data, dims, ddof=1)                   # unbiased variance, same shape
+        n = x.data.size // mean.size                          # values per statistic
+    # divide by sqrt(var + eps) as the lecture's layer does (not multiply by its inverse),
+    # so that float32 results are the very same numbers
+    xhat = (x.data - mean) / np.sqrt(var + eps)               # x's shape
+    out = Tensor(gain.data * xhat + bias.data, _children=(x, gain, bias), _op="batch_norm")
+
+    def _backward(g):
+        gain._accumulate(g * xhat)  # summed over the batch by _accumulate
+        bias._accumulate(g)
+        s = gain.data / np.sqrt(var + eps)                    # (D,)
+        if training:  # the statistics depend on x too
+            dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
+                          - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))
+            x._accumulate(dx)
+        else:
+            x._accumulate(g * s)
+    out._backward = _backward
+    return out, mean, var
+
+
+# %% Engine: new in stage 06: the dilated causal convolution (beyond the lecture)
+def conv1d(x, weight, dilation):
+    """A convolution with kernel size 2 along the time axis of x (B, T, C), channels last,
+    without padding: output t sees input positions t and t + dilation,
+        out[:, t] = cat(x[:, t], x[:, t + dilation]) @ weight      (B, T - dilation, N)
+    with weight (2C, N), the older position's C rows first. It is causal: output t only
+    looks back from input position t + dilation, never ahead. With dilation 1 it is
+    FlattenConsecutive(2) -> Linear computed at every position instead of every second
+    one; stacking dilations 1, 2, 4 gives each output a context of 8 characters (WaveNet,
+    van den Oord et al. 2016). As ONE op: one matmul forward, two backward."""
+    B, T, C = x.shape
+    assert 0 < dilation < T, f"dilation {dilation} needs more than {dilation} positions"
+    pairs = np.concatenate([x.data[:, :-dilation], x.data[:, dilation:]], axis=2)
+    out = Tensor(_matmul(pairs, weight.data), _children=(x, weight), _op="conv1d")
+
+    def _backward(g):  # g (B, T - dilation, N): the matmul's rules, then un-pair
+        if weight.requires_grad:
+            weight._accumulate(pairs.reshape(-1, 2 * C).T @ g.reshape(-1, g.shape[-1]))
+        if x.requires_grad:
+            dpairs = _matmul(g, weight.data.T)                # (B, T - dilation, 2C)
+            dx = np.zeros_like(x.data)
+            dx[:, :-dilation] += dpairs[:, :, :C]  # every position is the older half of
+            dx[:, dilation:] += dpairs[:, :, C:]   # one pair and the newer half of another
+            x._accumulate(dx)
+    out._backward = _backward
+    return out
+
+
+# %% Engine: new in stage 07
+def linear(x, weight, bias=None):
+    """F.linear, x @ weight + bias, as ONE op: the same numbers as the two ops, with one
+    result array instead of two (memory, and one pass less)."""
+    out = _matmul(x.data, weight.data)                   # (..., fan_out)
+    if bias is not None:
+        out += bias.data
+    children = (x, weight) if bias is None else (x, weight, bias)
+    out = Tensor(out, _children=children, _op="linear")
+
+    def _backward(g):
+        rows = g.reshape(-1, g.shape[-1])                 # (N, fan_out)
+        if x.requires_grad:
+            x._accumulate(_matmul(g, weight.data.T))
+        if weight.requires_grad:
+            weight._accumulate(x.data.reshape(-1, x.shape[-1]).T @ rows)
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(rows.sum(axis=0))
+    out._backward = _backward
+    return out
+
+
+def cat(tensors, dim=0):
+    """torch.cat: join tensors along `dim`; the gradient is cut back into the pieces."""
+    dim %= tensors[0].data.ndim
+    out = Tensor(np.concatenate([t.data for t in tensors], axis=dim),
+                 _children=tuple(tensors), _op="cat")
+
+    def _backward(g):
+        start = 0
+        for t in tensors:
+            stop = start + t.data.shape[dim]
+            t._accumulate(g[(slice(None),) * dim + (slice(start, stop),)])
+            start = stop
+    out._backward = _backward
+    return out
+
+
+def _row_sum(a):
+    """a.sum(axis=-1, keepdims=True), as a matrix-vector product with a vector of ones:
+    numpy's sum over many short rows is slow, BLAS's is 3-4x faster for these shapes."""
+    return (a.reshape(-1, a.shape[-1]) @ np.ones(a.shape[-1], dtype=a.dtype)).reshape(
+        *a.shape[:-1], 1)
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """F.layer_norm over the last dimension, as ONE op: every row of x is normalized to
+    mean 0 and variance 1 (the biased variance, as torch), then scaled by `weight` and
+    shifted by `bias` (bias may be None). Stage 05's batch-norm backward, by rows instead
+    of columns: dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std."""
+    C = x.shape[-1]
+    xc = x.data - _row_sum(x.data) / C                   # (..., C) centred
+    rstd = 1 / np.sqrt(_row_sum(xc * xc) / C + eps)      # (..., 1)
+    xhat = xc * rstd                                     # (..., C) normalized
+    out = xhat * weight.data
+    if bias is not None:
+        out += bias.data
+    children = (x, weight) if bias is None else (x, weight, bias)
+    out = Tensor(out, _children=children, _op="layer_norm")
+
+    def _backward(g):
+        if weight.requires_grad:
+            weight._accumulate((g * xhat).reshape(-1, C).sum(axis=0))
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(g.reshape(-1, C).sum(axis=0))
+        if x.requires_grad:
+            dxhat = g * weight.data
+            dx = xhat * (_row_sum(dxhat * xhat) / C)
+            dx += _row_sum(dxhat) / C
+            np.subtract(dxhat, dx, out=dx)
+            dx *= rstd
+            x._accumulate(dx)
+    out._backward = _backward
+    return out
+
+
+def scaled_dot_product_attention(q, k, v, dropout_p=0.0, generator=None):
+    """Causal self-attention of every head at once (torch's
+    F.scaled_dot_product_attention(q, k, v, is_causal=True)), as ONE op: the steps of the
+    lecture's Head (q @ k^T / sqrt(head_size), mask the future, softmax, dropout, @ v) on
+    (B, H, T, hs) arrays, with the backward pass written out, so no (B, H, T, T)
+    intermediate is kept but the attention weights themselves. Returns (out, weights)."""
+    T, hs = q.shape[-2], q.shape[-1]
+    qs = q.data * hs**-0.5                  # scaling q is cheaper than scaling q @ k^T
+    att = qs @ np.swapaxes(k.data, -1, -2)                 # (B, H, T, T) affinities
+    # softmax over each row. Subtracting the row's max only keeps exp() from overflowing
+    # (it does not change the result); numpy's max over short rows is slow, so it is
+    # skipped when no affinity is big enough to over- or underflow float32's exp()
+    big = not -60 < att.min() <= att.max() < 60
+    att += np.triu(np.full((T, T), -np.inf, dtype=att.dtype), 1)  # no looking ahead
+    if big:
+        att -= att.max(axis=-1, keepdims=True)
+    np.exp(att, out=att)                                   # in place: exp(-inf) = 0
+    att /= _row_sum(att)
+    weights = att
+    if dropout_p > 0:  # dropout on the weights, as the Head does
+        keep = rng.rand(*att.shape, generator=generator) < 1 - dropout_p
+        weights = att * keep
+        weights *= 1 / (1 - dropout_p)
+    out = Tensor(weights @ v.data, _children=(q, k, v), _op="attention")  # (B, H, T, hs)
+    del weights  # (recomputed in the backward pass: (B, H, T, T) floats are big)
+
+    def _backward(g):
+        weights = att
+        if dropout_p > 0:
+            weights = att * keep
+            weights *= 1 / (1 - dropout_p)
+        if v.requires_grad:
+            v._accumulate(np.swapaxes(weights, -1, -2) @ g)
+        datt = g @ np.swapaxes(v.data, -1, -2)               # (B, H, T, T)
+        if dropout_p > 0:
+            datt *= keep
+            datt *= 1 / (1 - dropout_p)
+        # softmax backward: att * (datt - sum(datt * att)); masked places have att = 0
+        datt -= _row_sum(datt * att)
+        datt *= att
+        if q.requires_grad:
+            dq = datt @ k.data
+            dq *= hs**-0.5
+            q._accumulate(dq)
+        if k.requires_grad:
+            k._accumulate(np.swapaxes(datt, -1, -2) @ qs)
+    out._backward = _backward
+    return out, att
 
 
 if __name__ == "__main__":

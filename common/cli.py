@@ -214,6 +214,32 @@ def run(main):
         sys.exit(1)
 
 
+class deferred_interrupt:
+    """Inside `with deferred_interrupt() as stop:`, Ctrl-C (or SIGTERM) only sets
+    `stop.requested`: a training loop checks it between steps, saves a checkpoint that
+    resumes exactly where it stopped, then raises KeyboardInterrupt. A second Ctrl-C
+    stops at once. (Outside the main thread signals cannot be caught: nothing changes.)"""
+
+    requested = False
+
+    def _request(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._old[0])  # a second Ctrl-C: stop now
+
+    def __enter__(self):
+        try:
+            self._old = (signal.signal(signal.SIGINT, self._request),
+                         signal.signal(signal.SIGTERM, self._request))
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old[0])
+            signal.signal(signal.SIGTERM, self._old[1])
+
+
 def keep_freed_memory():
     """Ask the C allocator to keep the memory numpy frees, for reuse by the next step.
 
@@ -259,7 +285,10 @@ class Progress:
         self.start = self.last_print = time.perf_counter()
         self.lines = []  # every printed line, so tests and callers can read them back
 
-    def update(self, step: int, loss: float, lr: float | None = None, extra: str = ""):
+    def update(self, step: int, loss: float, lr: float | None = None, extra: str = "",
+               elapsed: float | None = None):
+        """Report a step's loss; `elapsed`, if given, is the seconds the steps so far took
+        (when the time since the start also holds other work, such as evaluations)."""
         loss = float(loss)
         if self.first_loss is None:
             self.first_loss = loss
@@ -273,7 +302,7 @@ class Progress:
             return
         self.last_print = now
         done = step + 1
-        ms = 1000 * (now - self.start) / done
+        ms = 1000 * (now - self.start if elapsed is None else elapsed) / done
         left = (self.total - done) * ms / 1000
         width = len(str(self.total))
         line = f"{step:{width}d}/{self.total:{width}d}: {loss:.4f}"

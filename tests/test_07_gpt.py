@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from common import cli, rng  # noqa: E402
-from conftest import assert_one_line_error, load_stage, run_script  # noqa: E402
+from conftest import ROOT, assert_one_line_error, load_stage, run_script  # noqa: E402
 from gradcheck import gradcheck  # noqa: E402
 
 stage = load_stage("07_gpt")
@@ -55,14 +55,18 @@ def test_linear():
     gradcheck(Tensor, lambda x, w: stage.linear(x, w), rand(3, 4), rand(4, 2, seed=1))
 
 
-def test_backward_without_keeping_intermediate_gradients():
+def test_backward_keeps_only_the_parameters_gradients():
+    """As torch: after backward() the parameters have .grad, the logits do not (unless
+    retain_grad()), and keeping them changes no gradient."""
     model = float64_model(tiny())
     X = np.random.default_rng(1).integers(0, 65, (2, 8))
     grads = []
     for keep in (True, False):
         model.zero_grad()
         logits, loss = model(X, X)
-        loss.backward(keep_grads=keep)
+        if keep:
+            logits.retain_grad()
+        loss.backward()
         grads.append([p.grad for p in model.parameters()])
         assert (logits.grad is None) == (not keep)
     for a, b in zip(*grads):
@@ -237,7 +241,7 @@ def test_init_and_parameter_counts(monkeypatch):
     assert not model.lm_head.bias.data.any()
     counts = {}
     for name in stage.MODELS[:-1]:
-        c = stage.with_presets(stage.Config(model=name), ["--model", name])
+        c = parsed("--model", name)
         counts[name] = sum(p.data.size for p in stage.build_model(c, 65, rng.Generator(0))
                            .parameters())
     assert counts == {"bigram": 4225, "single-head": 7553, "multi-head": 7553,
@@ -247,7 +251,7 @@ def test_init_and_parameter_counts(monkeypatch):
                         np.zeros(size, np.float32))
     monkeypatch.setattr(rng, "normal", lambda size, mean, std, generator=None:
                         np.zeros(size, np.float32))
-    big = stage.with_presets(stage.Config(preset="lecture"), ["--preset", "lecture"])
+    big = parsed("--preset", "lecture")
     assert sum(p.data.size for p in stage.build_model(big, 65, None).parameters()) \
         == 10_788_929
 
@@ -305,21 +309,25 @@ def test_learning_rate_schedule():
     assert lrs[100] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
     assert lrs[1050] == pytest.approx(5.5e-4) and lrs[2000] == pytest.approx(1e-4)
     assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
-    lecture = stage.with_presets(stage.Config(model="bigram"), ["--model", "bigram"])
+    lecture = parsed("--model", "bigram")
     assert {stage.get_lr(lecture, i) for i in (0, 1500, 2999)} == {1e-2}
 
 
+def parsed(*argv):
+    return cli.parse_config(stage.Config, list(argv), presets=stage.presets)
+
+
 def test_presets_and_given_flags():
-    c = stage.with_presets(stage.Config(model="bigram", lr=0.5),
-                           ["--model", "bigram", "--lr", "0.5"])
+    c = parsed("--model", "bigram", "--lr", "0.5")
     assert (c.batch_size, c.block_size, c.steps, c.lr, c.beta2, c.weight_decay) == \
         (32, 8, 3000, 0.5, 0.999, 0.01)
-    c = stage.with_presets(stage.Config(preset="lecture", n_layer=2),
-                           ["--preset=lecture", "--n-lay", "2"])  # a prefix is a flag too
+    c = parsed("--preset=lecture", "--n-lay", "2")  # a prefix is a flag too
     assert (c.n_embd, c.n_head, c.n_layer, c.block_size, c.dropout, c.lr) == \
         (384, 6, 2, 256, 0.2, 3e-4)
-    assert stage.given_fields(["--no-plots", "--lr", "1", "--steps=3"]) == \
-        {"plots", "lr", "steps"}
+    assert parsed() == stage.Config()  # the defaults are nanoGPT's laptop GPT
+    _, given = cli.parse_config(stage.Config, ["--no-plots", "--lr", "1", "--steps=3"],
+                                with_given=True)
+    assert given == {"plots", "lr", "steps"}
 
 
 def test_get_batch_targets_are_shifted_inputs():
@@ -379,11 +387,16 @@ def test_tiny_gpt_run_is_pinned(tiny_run):
 
 def test_checkpoint_holds_everything_to_resume(tiny_run):
     r, out = tiny_run
-    arrays, meta = cli.load_checkpoint(out / "ckpt.npz")
-    assert meta["step"] == r["saved_step"] and meta["config"]["n_embd"] == 32
+    path = out / "ckpt.npz"
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".npz", ".json", ".tmp")) \
+        == ["ckpt.npz"]  # one file: nothing to tear apart
+    saved, meta = stage.load_checkpoint(path)
+    assert meta["step"] == r["saved_step"] and saved.n_embd == 32
     assert meta["chars"][:3] == "\n !" and len(meta["chars"]) == 65
-    assert arrays["rng.state"].shape == (625,) and int(arrays["adam.t"]) == meta["step"]
-    assert "adam.m.lm_head.weight" in arrays and "model.lm_head.weight" in arrays
+    with np.load(path) as z:
+        assert z["rng.state"].shape == (628,)
+        assert (z["adam.t"] == meta["step"]).all()  # every parameter had every step
+        assert "adam.m.lm_head.weight" in z.files and "model.lm_head.weight" in z.files
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -394,6 +407,46 @@ def test_resume_continues_exactly(tmp_path):
     resumed = stage.main(["--resume", "--steps", "20", "--out", str(tmp_path / "b")])
     assert resumed["evals"] == straight["evals"]
     assert resumed["lossi"] == straight["lossi"]
+
+
+@pytest.mark.parametrize("stop_at", [7, 10])  # between evaluations, and at one
+def test_resume_after_ctrl_c_continues_exactly(tmp_path, monkeypatch, stop_at):
+    """Ctrl-C in the middle of a step: the step finishes, the run saves the step it is
+    at and stops; --resume then gives the very numbers of a run never interrupted."""
+    import os
+    import signal
+    common = TINY + ["--schedule", "constant", "--no-plots", "--max-new-tokens", "0"]
+    straight = stage.main(common + ["--steps", "20", "--out", str(tmp_path / "a")])
+    real_step, calls = stage.train_step, []
+
+    def step_then_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during the step
+        return real_step(*args)
+    monkeypatch.setattr(stage, "train_step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        stage.main(common + ["--steps", "20", "--out", str(tmp_path / "b")])
+    monkeypatch.setattr(stage, "train_step", real_step)
+    assert stage.load_checkpoint(tmp_path / "b" / "ckpt.npz")[1]["step"] == stop_at
+    resumed = stage.main(["--resume", "--steps", "20", "--out", str(tmp_path / "b")])
+    assert resumed["evals"] == straight["evals"]
+    assert resumed["lossi"] == straight["lossi"]
+
+
+def test_adamw_counts_steps_per_parameter():
+    """torch.optim.AdamW: a parameter without a gradient is skipped and keeps its own
+    step count, so its first real step moves it by lr (here from 3.0 to 2.9)."""
+    a = Tensor(np.array([3.0]), requires_grad=True)
+    b = Tensor(np.array([3.0]), requires_grad=True)
+    opt = stage.AdamW([("a", a), ("b", b)], lr=0.1, weight_decay=0.0)
+    a.grad = np.array([1.0])
+    opt.step()
+    a.grad, b.grad = np.array([1.0]), np.array([1.0])
+    opt.step()
+    assert b.data[0] == pytest.approx(2.9, abs=1e-6)
+    assert a.data[0] == pytest.approx(2.8, abs=1e-6)
+    assert opt.t.tolist() == [2, 1]
 
 
 def test_sample_mode(tiny_run, capsys):
@@ -450,7 +503,7 @@ def test_user_errors_in_process(tiny_run, tmp_path):
         stage.main(["--sample", "--out", str(out), "--prompt", "ROMEO: \u2603"])
     with pytest.raises(cli.UserError, match="not found"):
         stage.main(["--sample", "--out", str(tmp_path / "nothing")])
-    with pytest.raises(cli.UserError, match="too large"):
+    with pytest.raises(SystemExit):  # refused with the other flags' bounds
         stage.main(["--block-size", "200000", "--out", str(tmp_path)])
     with pytest.raises(cli.UserError, match="outside the vocabulary"):  # before training
         stage.main(TINY + ["--prompt", "\u2603", "--out", str(tmp_path)])
@@ -479,3 +532,88 @@ def test_corrupt_checkpoint_is_one_line(tmp_path):
                                                        "bigram"], ["--temperature", "0"]])
 def test_bad_flags_are_one_line(args):
     assert_one_line_error(run_script("07_gpt/train.py", *args))
+
+
+def _tampered(src, dst, meta_change=None, array_change=None):
+    """A copy of checkpoint src with its metadata or arrays changed."""
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta.json"}
+    meta = cli.load_checkpoint_meta(src)
+    if meta_change:
+        meta_change(meta)
+    if array_change:
+        array_change(arrays)
+    cli.save_checkpoint(cli.out_dir(dst) / "ckpt.npz", arrays, meta)
+    return dst
+
+
+def _set(path, value):
+    def change(d):
+        *keys, last = path
+        for k in keys:
+            d = d[k]
+        d[last] = value
+    return change
+
+
+@pytest.mark.parametrize("meta_change", [
+    _set(["chars"], 5), _set(["chars"], "aa"), _set(["step"], None), _set(["step"], -3),
+    _set(["history"], []), _set(["history", "eval"], [[1, "x", 2]]), _set(["best_val"], "x"),
+    _set(["config", "n_layer"], 10**6), _set(["config", "n_embd"], 2**20),
+    _set(["config", "model"], "rnn"), _set(["config", "lr"], None),
+    _set(["config", "tokenizer"], "bpe"),
+    lambda m: (m["config"].update(tokenizer="bpe"), m.update(tokenizer_dir="../..")),
+], ids=["chars-int", "chars-repeated", "step-null", "step-negative", "history-list",
+        "history-eval", "best-val-str", "n-layer-huge", "n-embd-huge", "model", "lr-null",
+        "bpe-without-folder", "tokenizer-dir-outside"])
+def test_a_tampered_checkpoint_is_one_line(tiny_run, tmp_path, meta_change):
+    _, out = tiny_run
+    bad = _tampered(out / "ckpt.npz", tmp_path / "bad", meta_change=meta_change)
+    for args in (["--sample", "--max-new-tokens", "3"], ["--resume", "--steps", "50"]):
+        with pytest.raises(cli.UserError):
+            stage.main(args + ["--out", str(bad)])
+
+
+@pytest.mark.parametrize("array_change", [
+    lambda a: a.update({"adam.t": np.zeros(2, np.int64)}),
+    lambda a: a.update({"rng.state": np.array(["x"] * 628)}),
+    lambda a: a.update({"model.lm_head.weight": a["model.lm_head.weight"].astype(str)}),
+    lambda a: a.update({"model.lm_head.weight": a["model.lm_head.weight"] * 1j}),
+    lambda a: a.pop("model.lm_head.weight"),
+], ids=["adam-t-shape", "rng-str", "weights-str", "weights-complex", "weights-missing"])
+def test_tampered_arrays_are_one_line(tiny_run, tmp_path, array_change):
+    _, out = tiny_run
+    bad = _tampered(out / "ckpt.npz", tmp_path / "bad", array_change=array_change)
+    with pytest.raises(cli.UserError):
+        stage.main(["--resume", "--steps", "50", "--out", str(bad)])
+
+
+def test_an_extra_array_in_the_checkpoint_is_never_loaded(tiny_run, tmp_path, monkeypatch):
+    _, out = tiny_run
+    bad = _tampered(out / "ckpt.npz", tmp_path / "extra",
+                    array_change=lambda a: a.update(junk=np.zeros(10**6, np.float32)))
+    read = []
+    real = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__",
+                        lambda self, k: read.append(k) or real(self, k))
+    stage.main(["--sample", "--max-new-tokens", "3", "--out", str(bad)])
+    assert read and "junk" not in read
+
+
+@pytest.mark.parametrize("args", [["--temperature", "1e-45"], ["--temperature", "1e300"],
+                                  ["--temperature", "inf"], ["--lr", "inf"],
+                                  ["--weight-decay", "inf"], ["--n-embd", "1000000000"],
+                                  ["--batch-size", "1000000000"], ["--out", ""]])
+def test_impossible_values_are_refused_up_front(args):
+    r = run_script("07_gpt/train.py", *args)
+    assert_one_line_error(r)
+
+
+def test_sampling_into_a_closed_pipe_is_quiet(tiny_run):
+    import subprocess
+    import sys
+    _, out = tiny_run
+    r = subprocess.run(f"{sys.executable} 07_gpt/train.py --sample --out {out} "
+                       f"--max-new-tokens 3000 | head -c 10", shell=True, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.stderr == "" and len(r.stdout) == 10
