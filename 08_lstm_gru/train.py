@@ -11,17 +11,20 @@ character-level language models:
     LSTM          gates i (input), f (forget), g (cell candidate), o (output);
                   c = f * c_prev + i * g, h = o * tanh(c)
 
-New over the earlier stages: the sigmoid and the cells; `cat` and `stack` (joining tensors
-along a dimension); the recurrence over time as ONE fused op whose hand-written backward
-pass is backpropagation through time (BPTT), checked against the op-by-op cells; the AdamW
-optimizer and gradient clipping by global norm; truncated BPTT, where the hidden state is
-carried from one chunk of text to the next but no gradient flows back across the border;
-and sampling with temperature and top-k (greedy decoding as the failure case).
+New over stage 07: the sigmoid and the three cells, written op by op with the engine's
+ops so that backpropagation through time (BPTT) is automatic; `stack` (joining tensors
+along a new dimension); truncated BPTT, where the hidden state is carried from one chunk
+of text to the next but no gradient flows back across the border; and sampling with
+temperature and top-k (greedy decoding as the failure case). `--fused` runs each layer's
+whole recurrence as ONE op whose backward pass is BPTT written out by hand: the same
+numbers (tested), several times faster. Stage 07's transformer is not carried on: this
+stage trains its own models, with stage 07's AdamW, gradient clipping and layers.
 
     python 08_lstm_gru/train.py                      # a GRU on names, then samples
     python 08_lstm_gru/train.py --cell lstm          # or --cell rnn
     python 08_lstm_gru/train.py --compare            # all three cells, one loss plot
     python 08_lstm_gru/train.py --dataset shakespeare --cell lstm   # truncated BPTT
+    python 08_lstm_gru/train.py --fused              # the fused recurrence, faster
 
 Names are set up as in makemore: every name is one sequence `.emma.`, the input padded
 to 16 positions, targets past the end ignored by the loss; the last 1,000 names of the
@@ -51,13 +54,16 @@ from collections import namedtuple
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-# The matrices of a recurrent step are tiny (32 x 64 @ 64 x 192): a second BLAS thread
-# only adds hand-over costs (measured: tests/benchmarks/bench_rnn.py), so leave the other
-# core free. Must precede numpy's import.
+# One BLAS thread: the matrices here are small, and on a busy 2-core machine a second
+# thread mostly waits for the other core (tests/benchmarks/README.md has the measurements).
+# Must precede numpy's import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import common/
+# to import common/: from the repository root, or (in a notebook, which has no __file__)
+# from the folder above the stage's, where the notebook runs
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+sys.path.insert(0, str(ROOT))
 from common import cli, data, rng  # noqa: E402
 
 
@@ -67,55 +73,51 @@ class Config:
     cell: str = cli.arg("gru", "recurrent cell", choices=["rnn", "gru", "lstm"])
     dataset: str = cli.arg("names", "names (one name per sequence) or shakespeare "
                            "(one long text, truncated BPTT)", choices=["names", "shakespeare"])
-    n_embd: int = cli.arg(64, "dimensions of each character's embedding")
-    n_hidden: int = cli.arg(64, "size of the hidden state (makemore's n_embd2)")
-    n_layer: int = cli.arg(1, "recurrent layers stacked on each other")
+    n_embd: int = cli.arg(64, "dimensions of each character's embedding", min=1, max=8192)
+    n_hidden: int = cli.arg(64, "size of the hidden state (makemore's n_embd2)", min=1,
+                            max=8192)
+    n_layer: int = cli.arg(1, "recurrent layers stacked on each other", min=1, max=64)
     init_state: str = cli.arg("learned", "initial hidden state: a learned vector (as "
                               "makemore) or zeros", choices=["learned", "zero"])
-    bptt: int = cli.arg(64, "shakespeare: characters per truncated-BPTT chunk")
-    steps: int = cli.arg(30_000, "training steps (minibatches)")
-    batch_size: int = cli.arg(32, "sequences per minibatch")
-    lr: float = cli.arg(5e-4, "learning rate (the peak, with a schedule)")
+    bptt: int = cli.arg(64, "shakespeare: characters per truncated-BPTT chunk", min=1,
+                        max=100_000)
+    steps: int = cli.arg(30_000, "training steps (minibatches)", min=0)
+    batch_size: int = cli.arg(32, "sequences per minibatch", min=1, max=100_000)
+    lr: float = cli.arg(5e-4, "learning rate (the peak, with a schedule)", min=1e-9, max=10)
     schedule: str = cli.arg("constant", "learning rate after warmup: constant (makemore), "
                             "or cosine decay to --min-lr", choices=("cosine", "constant"))
-    warmup_steps: int = cli.arg(0, "steps of linear learning-rate warmup")
-    min_lr: float = cli.arg(5e-5, "learning rate at the end of the cosine decay")
-    beta2: float = cli.arg(0.99, "AdamW's beta2 (beta1 is 0.9)")
-    weight_decay: float = cli.arg(0.01, "AdamW's decoupled weight decay (on every parameter, "
-                                  "as makemore)")
-    grad_clip: float = cli.arg(1.0, "clip the gradient's global norm to this (0: off)")
-    eval_interval: int = cli.arg(500, "evaluate the held-out loss every this many steps")
-    fused: bool = cli.arg(True, "run the recurrence as one fused op (--no-fused: the "
-                          "op-by-op cells, same numbers, slower)")
-    seed: int = cli.arg(3407, "seed of the generator (makemore's 3407)")
+    warmup_steps: int = cli.arg(0, "steps of linear learning-rate warmup", min=0)
+    min_lr: float = cli.arg(5e-5, "learning rate at the end of the cosine decay", min=0,
+                            max=10)
+    beta2: float = cli.arg(0.99, "AdamW's beta2 (beta1 is 0.9)", min=0, max=0.9999)
+    weight_decay: float = cli.arg(0.01, "AdamW's decoupled weight decay (on every "
+                                        "parameter, as makemore)", min=0, max=100)
+    grad_clip: float = cli.arg(1.0, "clip the gradient's global norm to this (0: off)",
+                               min=0, max=1e6)
+    eval_interval: int = cli.arg(500, "evaluate the held-out loss every this many steps",
+                                 min=1)
+    fused: bool = cli.arg(False, "run each recurrent layer as ONE op with a hand-written "
+                                 "backpropagation through time (the same numbers as the "
+                                 "cells op by op, several times faster)")
+    seed: int = cli.arg(3407, "seed of the generator (makemore's 3407)", min=0,
+                        max=2**64 - 1)
     samples: int = cli.arg(20, "names to sample after training (shakespeare: passages, at "
-                           "most 1)")
-    temperature: float = cli.arg(1.0, "sampling temperature (< 1: safer, > 1: wilder)")
-    top_k: int = cli.arg(0, "sample only among the k most likely characters (0: all)")
+                           "most 1)", min=0, max=10_000)
+    temperature: float = cli.arg(1.0, "sampling temperature (< 1: safer, > 1: wilder)",
+                                 min=1e-3, max=100)
+    top_k: int = cli.arg(0, "sample only among the k most likely characters (0: all)",
+                         min=0)
     prompt: str = cli.arg("", "start every sample with this text")
-    max_new_tokens: int = cli.arg(500, "shakespeare: characters per sample")
+    max_new_tokens: int = cli.arg(500, "shakespeare: characters per sample", min=0,
+                                  max=1_000_000)
     compare: bool = cli.arg(False, "train all three cells and plot their losses together")
     sample: bool = cli.arg(False, "do not train: sample from the checkpoint in --out")
     out: str = cli.arg("out/08_lstm_gru", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
 
     def check(self):
-        for name in ("n_embd", "n_hidden", "n_layer", "bptt", "batch_size", "eval_interval"):
-            value = getattr(self, name)
-            cli.check(value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        for name in ("steps", "warmup_steps", "top_k", "samples", "max_new_tokens"):
-            value = getattr(self, name)
-            cli.check(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
-        cli.check(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        cli.check(0 <= self.min_lr <= self.lr, f"--min-lr must be in [0, lr], got "
-                                               f"{self.min_lr}")
-        cli.check(0 <= self.beta2 < 1, f"--beta2 must be in [0, 1), got {self.beta2}")
-        cli.check(self.weight_decay >= 0,
-                  f"--weight-decay must be >= 0, got {self.weight_decay}")
-        cli.check(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
-        cli.check(self.temperature > 0,
-                  f"--temperature must be positive, got {self.temperature}")
-        cli.check(0 <= self.seed < 2**64, f"--seed must be in [0, 2**64), got {self.seed}")
+        cli.check(self.min_lr <= self.lr, f"--min-lr {self.min_lr} must not exceed --lr "
+                                          f"{self.lr}")
 
 
 # %% Data
@@ -203,7 +205,844 @@ def load_dataset(cfg):
                 train=train, test=val)
 
 
+# %% Model: layers
+class Module:
+    """The part of torch.nn.Module the lecture uses: `parameters()` collects the tensors
+    that need gradients from the attributes (layers, lists of layers), and
+    `train()` / `eval()` set the `training` flag everywhere (dropout acts only when
+    training)."""
+
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def children(self):
+        for value in vars(self).values():
+            for item in (value if isinstance(value, list) else [value]):
+                if isinstance(item, Module):
+                    yield item
+
+    def named_parameters(self, prefix=""):
+        """(name, tensor) pairs in the order the layers were made, named by attribute:
+        'blocks.layers.0.sa.heads.0.key.weight', ..."""
+        for name, value in vars(self).items():
+            items = [(f"{name}.{i}", v) for i, v in enumerate(value)] \
+                if isinstance(value, list) else [(name, value)]
+            for key, item in items:
+                if isinstance(item, Tensor) and item.requires_grad:
+                    yield prefix + key, item
+                elif isinstance(item, Module):
+                    yield from item.named_parameters(f"{prefix}{key}.")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def apply(self, fn):
+        """fn(module) for every module, children first (as torch's `apply`)."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+
+def normal_init(shape, std, generator):
+    """torch.nn.init.normal_(a tensor of this shape, 0, std), from `generator`."""
+    return rng.normal(math.prod(shape), 0.0, std, generator=generator).reshape(shape)
+
+
+class Linear(Module):
+    """nn.Linear: y = x @ weight + bias, with the weight stored (fan_in, fan_out) so that
+    x @ weight needs no transpose. Initialized as torch does, uniform in +-1/sqrt(fan_in),
+    drawn in torch's (fan_out, fan_in) layout and order, so a run seeded like the
+    lecture's starts from the same numbers."""
+
+    def __init__(self, fan_in, fan_out, bias=True, generator=None):
+        bound = 1 / math.sqrt(fan_in)
+        w = rng.uniform((fan_out, fan_in), -bound, bound, generator=generator)
+        self.weight = Tensor(np.ascontiguousarray(w.T), requires_grad=True)  # (in, out)
+        self.bias = Tensor(rng.uniform(fan_out, -bound, bound, generator=generator),
+                           requires_grad=True) if bias else None
+
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)   # (..., fan_in) -> (..., fan_out)
+
+
+class Embedding(Module):
+    """nn.Embedding: row `i` of the table is token i's vector; initialized N(0, 1)."""
+
+    def __init__(self, num_embeddings, embedding_dim, generator=None):
+        self.weight = Tensor(normal_init((num_embeddings, embedding_dim), 1.0, generator),
+                             requires_grad=True)
+
+    def forward(self, idx):
+        return self.weight[idx]                    # (B, T) -> (B, T, embedding_dim)
+
+
+# %% Model: recurrent cells
+# The three cells, written op by op with the engine: readable, and their gradients come for
+# free. Shapes: x (B, E) one time step's input, h and c (B, H), W (E + H, G), b (G,).
+# Weights and gate order are PyTorch's (torch.nn.RNNCell / GRUCell / LSTMCell): our W is
+# their weight_ih and weight_hh, transposed and stacked, [W_ih.T; W_hh.T], and our b is
+# b_ih + b_hh (for the GRU's candidate only b_ih; its b_hh part is our b_hn). The tests
+# compare all three cells with PyTorch's on the same weights.
+
+def rnn_cell(x, h, W, b):
+    """The vanilla (Elman) RNN: h = tanh(W [x, h_prev] + b), as makemore's RNNCell."""
+    return (cat([x, h], 1) @ W + b).tanh()                       # (B, H)
+
+
+def gru_cell(x, h, W, b, b_hn):
+    """The GRU (Cho et al. 2014) with PyTorch's equations, gates r, z, n:
+        r = sigmoid(W_r [x, h] + b_r)                 reset: how much of h the candidate sees
+        z = sigmoid(W_z [x, h] + b_z)                 update: how much of h to keep
+        n = tanh(W_xn x + b_n + r * (W_hn h + b_hn))  candidate state
+        h = (1 - z) * n + z * h_prev
+    Other texts differ in two details. The final version of Cho et al.'s paper, and
+    makemore, apply the reset gate before the matmul, tanh(W_n [x, r * h]); PyTorch, cuDNN
+    and the paper's first version after it, as here (which keeps all of h @ W_h one
+    matmul). And makemore, like some later texts, lets z weight the candidate instead,
+    h = (1 - z) * h_prev + z * n: the same cell with z renamed 1 - z."""
+    E, H = x.shape[1], h.shape[1]
+    rz = (cat([x, h], 1) @ W[:, :2 * H] + b[:2 * H]).sigmoid()    # (B, 2H)
+    r, z = rz[:, :H], rz[:, H:]
+    n = (x @ W[:E, 2 * H:] + b[2 * H:] + r * (h @ W[E:, 2 * H:] + b_hn)).tanh()
+    return (1 - z) * n + z * h                                    # (B, H)
+
+
+def lstm_cell(x, h, c, W, b):
+    """The LSTM (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000)
+    with PyTorch's gate order i, f, g, o:
+        i, f, o = sigmoid(W_{i,f,o} [x, h] + b)   input, forget, output gates
+        g = tanh(W_g [x, h] + b_g)                what to write into the cell
+        c = f * c_prev + i * g                    the cell: a running, gated sum
+        h = o * tanh(c)
+    The cell c is the point: dc_prev = dc * f, a product of forget gates, not of weight
+    matrices, so a gradient can travel many steps back when f stays near 1."""
+    H = h.shape[1]
+    a = cat([x, h], 1) @ W + b                                   # (B, 4H)
+    i, f = a[:, :H].sigmoid(), a[:, H:2 * H].sigmoid()
+    g, o = a[:, 2 * H:3 * H].tanh(), a[:, 3 * H:].sigmoid()
+    c = f * c + i * g
+    return o * c.tanh(), c                                        # (B, H) each
+
+
+class Recurrent(Module):
+    """One recurrent layer: a cell applied at every time step, carrying h (and the LSTM's
+    c) from step to step; like torch.nn.RNN / GRU / LSTM with batch_first=True."""
+
+    def __init__(self, cell, n_in, n_hidden, generator=None, learned_state=True):
+        self.cell, H, G = cell, n_hidden, GATES[cell] * n_hidden
+        # torch.nn.GRU's (and RNN's, LSTM's) initialisation and draw order: weight_ih,
+        # weight_hh, bias_ih, bias_hh, every value ~ U(-1/sqrt(H), 1/sqrt(H))
+        k = 1 / math.sqrt(n_hidden)
+        w_ih, w_hh, b_ih, b_hh = (rng.uniform(shape, -k, k, generator=generator)
+                                  for shape in ((G, n_in), (G, H), (G,), (G,)))
+        self.W = Tensor(np.concatenate([w_ih.T, w_hh.T]), requires_grad=True)  # (n_in+H, G)
+        if cell == "gru":  # b_hh's candidate block stays apart, inside r * (h W_hn + b_hn)
+            b_ih[:2 * H] += b_hh[:2 * H]
+            self.b = Tensor(b_ih, requires_grad=True)                          # (G,)
+            self.b_hn = Tensor(b_hh[2 * H:], requires_grad=True)               # (H,)
+        else:  # the two biases are only ever added: one does their job
+            self.b = Tensor(b_ih + b_hh, requires_grad=True)                   # (G,)
+            self.b_hn = None
+        # the state before the first character: a learned vector (makemore's `start`) or 0
+        zeros = np.zeros((1, H), dtype=np.float32)
+        self.h0 = Tensor(zeros, requires_grad=learned_state)
+        self.c0 = Tensor(zeros.copy(), requires_grad=learned_state) if cell == "lstm" else None
+
+    def forward(self, x, state=None, fused=False, record=None):
+        """x (B, T, n_in) -> hs (B, T, H) and the final state. `state` (from the previous
+        chunk) replaces the initial state; it arrives as plain arrays, so no gradient
+        flows back into the chunk it came from. The cells run op by op unless `fused`;
+        `record` (a dict to fill with the gates' values) takes the fused op, which keeps
+        them anyway."""
+        h0, c0 = self.h0, self.c0
+        if state is not None:
+            h0 = Tensor(state[0])
+            c0 = None if state[1] is None else Tensor(state[1])
+        if fused or record is not None:
+            return recurrence(self.cell, x, h0, self.W, self.b, c0, self.b_hn, record)
+        return self.step_by_step(x, h0, c0)
+
+    def step_by_step(self, x, h, c=None):
+        """The same layer op by op: one cell call per time step, T graphs of ~15 nodes."""
+        B, T, _ = x.shape
+        ones = np.ones((B, 1), dtype=h.data.dtype)
+        h = h if h.shape[0] == B else h * ones                        # (1, H) -> (B, H)
+        c = c if c is None or c.shape[0] == B else c * ones
+        hs = []
+        for t in range(T):
+            x_t = x[:, t]                                             # (B, E)
+            if self.cell == "rnn":
+                h = rnn_cell(x_t, h, self.W, self.b)
+            elif self.cell == "gru":
+                h = gru_cell(x_t, h, self.W, self.b, self.b_hn)
+            else:
+                h, c = lstm_cell(x_t, h, c, self.W, self.b)
+            hs.append(h)
+        return stack(hs, 1), (h.data.copy(), None if c is None else c.data.copy())
+
+
+class RecurrentLM(Module):
+    """A character-level language model: embedding -> n_layer recurrent layers -> a
+    linear head to logits over the vocabulary (makemore's RNN model, any cell)."""
+
+    def __init__(self, cfg, vocab_size, generator=None):
+        self.cell, self.vocab_size, self.fused = cfg.cell, vocab_size, cfg.fused
+        self.wte = Embedding(vocab_size, cfg.n_embd, generator)
+        self.layers = [Recurrent(cfg.cell, cfg.n_embd if i == 0 else cfg.n_hidden,
+                                 cfg.n_hidden, generator, cfg.init_state == "learned")
+                       for i in range(cfg.n_layer)]
+        self.lm_head = Linear(cfg.n_hidden, vocab_size, generator=generator)
+
+    def forward(self, idx, state=None, record=None):
+        """idx (B, T) token indices -> logits (B, T, vocab) and the state after the last
+        step (one (h, c) per layer), from which the next chunk can continue."""
+        x = embedding(self.wte.weight, idx)                             # (B, T, n_embd)
+        return self.from_embeddings(x, state, record)
+
+    def from_embeddings(self, x, state=None, record=None):
+        B, T, _ = x.shape
+        new_state = []
+        for i, layer in enumerate(self.layers):
+            rec = None if record is None else record.setdefault(i, {})
+            x, s = layer(x, None if state is None else state[i], self.fused, rec)  # (B, T, H)
+            new_state.append(s)
+        logits = self.lm_head(x.view(B * T, -1))                            # (B*T, V)
+        return logits.view(B, T, self.vocab_size), new_state
+
+
+def sequence_loss(logits, Y):
+    """Mean cross-entropy over all positions (B, T) whose target is not -1: as makemore,
+    the padding after a name's end does not count."""
+    return cross_entropy(logits.view(-1, logits.shape[-1]), Y.reshape(-1), ignore_index=-1)
+
+
+def evaluate_names(model, X, Y, lengths, chunk=2000):
+    """Mean loss per real position over a whole name set (no gradient)."""
+    total, count = 0.0, 0
+    with no_grad():
+        for s in range(0, len(X), chunk):
+            T = int(lengths[s:s + chunk].max())
+            y = Y[s:s + chunk, :T]
+            n = int((y >= 0).sum())
+            total += sequence_loss(model(X[s:s + chunk, :T])[0], y).item() * n
+            count += n
+    return total / count
+
+
+def evaluate_text(model, tokens, streams=128, chunk=256):
+    """Mean loss per character over a whole text, cut into `streams` rows read side by
+    side (in chunks, the state carried from one to the next), so each character is
+    predicted from everything before it in its row: up to len(text) / streams characters
+    back (871 for tiny Shakespeare's validation text)."""
+    n = (len(tokens) - 1) // streams
+    X = tokens[:n * streams].reshape(streams, n)
+    Y = tokens[1:n * streams + 1].reshape(streams, n)
+    total, state = 0.0, None
+    with no_grad():
+        for s in range(0, n, chunk):
+            logits, state = model(X[:, s:s + chunk], state)
+            y = Y[:, s:s + chunk]
+            total += cross_entropy(logits.view(-1, model.vocab_size), y.reshape(-1)).item() \
+                * y.size
+    return total / Y.size
+
+
+# %% Training
+def get_lr(cfg, it):
+    """nanoGPT's schedule: linear warmup over warmup_steps, then (cosine) a half cosine
+    from lr down to min_lr at the last step; (constant) lr throughout."""
+    if it < cfg.warmup_steps:
+        return cfg.lr * (it + 1) / (cfg.warmup_steps + 1)
+    if cfg.schedule == "constant" or cfg.steps <= cfg.warmup_steps:
+        return cfg.lr
+    decay_ratio = min(1.0, (it - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps))
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
+
+
+class AdamW:
+    """torch.optim.AdamW's algorithm, step for step: decoupled weight decay
+    p -= lr * wd * p first, then Adam: running means of the gradient (m) and of its square
+    (v), both corrected for starting at zero, and the update lr * m_hat / (sqrt(v_hat) +
+    eps). As in torch, each parameter counts its own steps (one without a gradient is
+    skipped, and its count does not move). Weight decay applies to every parameter
+    (torch's default) or, as nanoGPT does, to the matrices only (not to biases and
+    LayerNorm weights)."""
+
+    def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                 decay="all"):
+        self.names, self.params = zip(*named_params)
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.weight_decay = [weight_decay if decay == "all" or p.data.ndim >= 2 else 0.0
+                             for p in self.params]
+        self.m = [np.zeros_like(p.data) for p in self.params]
+        self.v = [np.zeros_like(p.data) for p in self.params]
+        self.t = np.zeros(len(self.params), dtype=np.int64)  # steps taken, per parameter
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self, lr=None):
+        lr = self.lr if lr is None else lr
+        beta1, beta2 = self.betas
+        for i, (p, m, v, wd) in enumerate(zip(self.params, self.m, self.v,
+                                              self.weight_decay)):
+            g = p.grad
+            if g is None:
+                continue
+            self.t[i] += 1
+            step_size = lr / (1 - beta1**self.t[i])       # lr / bias correction 1
+            bias_correction2_sqrt = math.sqrt(1 - beta2**self.t[i])
+            if wd:
+                p.data *= 1 - lr * wd                      # decoupled weight decay
+            m += (1 - beta1) * (g - m)                     # m = beta1 m + (1-beta1) g
+            v *= beta2
+            v += (1 - beta2) * g * g                       # v = beta2 v + (1-beta2) g^2
+            denom = np.sqrt(v)
+            denom /= bias_correction2_sqrt
+            denom += self.eps
+            p.data -= step_size * m / denom
+
+    def state(self):
+        """Arrays for a checkpoint."""
+        arrays = {"adam.t": self.t}
+        for name, m, v in zip(self.names, self.m, self.v):
+            arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"] = m, v
+        return arrays
+
+    def load_state(self, arrays):
+        self.t[...] = arrays["adam.t"]
+        for name, m, v in zip(self.names, self.m, self.v):
+            m[...], v[...] = arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"]
+
+
+def clip_grad_norm_(params, max_norm):
+    """Scale all gradients down together if their global norm exceeds max_norm (a rare
+    huge gradient then cannot throw the weights far). Returns the norm before."""
+    total = math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel()))
+                          for p in params if p.grad is not None))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad = p.grad * np.asarray(coef, dtype=p.grad.dtype)
+    return total
+
+
+def gate_stats(model, X, mask):
+    """The gate that decides how much of the old state survives a step, at the real
+    positions (mask) of a batch of names or text: the LSTM's forget gate f, the GRU's
+    update gate z; the RNN has no gate, so its hidden values tanh(.) stand in. Returns the
+    first layer's values there, flattened (float16: only for histograms)."""
+    record = {}
+    with no_grad():
+        model(X, record=record)
+    key = {"lstm": "f", "gru": "z", "rnn": "h"}[model.cell]
+    return record[0][key][mask].astype(np.float16)               # (positions, H)
+
+
+def train(cfg, model, optimizer, ds, g, quiet=False):
+    """Minibatches of names, or consecutive chunks of text (truncated BPTT: the state is
+    carried from chunk to chunk); forward, backward, gradient clipping, AdamW; the
+    held-out loss every eval_interval steps. Returns the history."""
+    params = model.parameters()
+    hist = dict(loss=[], grad_norm=[], eval_steps=[], eval_loss=[], gate_steps=[], gates=[])
+    names = ds["kind"] == "names"
+    if names:
+        Xtr, Ytr, Ltr = ds["train"]
+        Xgate = ds["test"][0][:256]                   # a fixed batch for the gate statistics
+        gate_mask = ds["test"][1][:256] >= 0
+    else:
+        streams = TextStreams(ds["train"], cfg.batch_size, cfg.bptt)
+        Xgate = ds["test"][:16 * 256].reshape(16, 256)
+        gate_mask = np.ones(Xgate.shape, dtype=bool)
+    progress = cli.Progress(cfg.steps, every=cfg.eval_interval, quiet=quiet)
+    state, eval_seconds = None, 0.0
+    with cli.deferred_interrupt() as stop:
+        for step in range(cfg.steps + 1):
+            if stop.requested:  # Ctrl-C: stop between two steps (the caller saves)
+                hist["stopped_at"] = step
+                break
+            if step % cfg.eval_interval == 0 or step == cfg.steps:  # before step `step`
+                start = time.perf_counter()
+                hist["eval_steps"].append(step)
+                hist["eval_loss"].append(evaluate(model, ds, cfg))
+                hist["gate_steps"].append(step)
+                hist["gates"].append(gate_stats(model, Xgate, gate_mask))
+                eval_seconds += time.perf_counter() - start
+            if step == cfg.steps:
+                break
+            if names:
+                X, Y = name_batch(Xtr, Ytr, Ltr, cfg.batch_size, g)
+                state = None                  # every name starts from the initial state
+            else:
+                X, Y, reset = streams.next()
+                if reset:
+                    state = None
+            logits, state = model(X, state)                   # (B, T, V)
+            loss = sequence_loss(logits, Y)
+            lr = get_lr(cfg, step)
+            optimizer.zero_grad()
+            loss.backward()
+            norm = clip_grad_norm_(params, cfg.grad_clip or math.inf)  # (inf: only measure)
+            optimizer.step(lr)
+            hist["loss"].append(loss.item())
+            hist["grad_norm"].append(norm)
+            progress.update(step, hist["loss"][-1], lr,
+                            extra=f"held-out {hist['eval_loss'][-1]:.4f}")
+    hist["eval_seconds"] = eval_seconds
+    hist["train_seconds"] = progress.elapsed - eval_seconds
+    return hist
+
+
+def save_checkpoint(path, cfg, model, optimizer, g, history, extra):
+    """One file: the model, the optimizer's and the generator's state, the config and the
+    progress, for --sample."""
+    arrays = {f"model.{name}": p.data for name, p in model.named_parameters()}
+    arrays.update(optimizer.state())
+    arrays["rng.state"] = g.get_state()
+    cli.save_checkpoint(path, arrays, dict(config=asdict(cfg), history=history, **extra))
+
+
+def load_checkpoint(path):
+    """(the saved Config, its metadata) of a checkpoint, every field checked: a damaged or
+    foreign file is a one-line error."""
+    meta = cli.load_checkpoint_meta(path)
+    source = f"checkpoint {path}"
+    saved = cli.config_from_dict(Config, meta.get("config"), source)
+    cli.field(meta, "step", int, source, min=0, max=saved.steps)
+    cli.field(meta, "held_out", float, source, min=0)
+    return saved, meta
+
+
+def load_model_state(model, path):
+    """The model's parameters from a checkpoint, each checked for its shape and kind."""
+    like = {f"model.{name}": p.data for name, p in model.named_parameters()}
+    arrays = cli.load_checkpoint_arrays(path, like)
+    for name, p in model.named_parameters():
+        p.data = arrays[f"model.{name}"]
+
+
+def evaluate(model, ds, cfg):
+    """The held-out loss: the 1,000 test names, or the validation text."""
+    if ds["kind"] == "names":
+        return evaluate_names(model, *ds["test"])
+    return evaluate_text(model, ds["test"])
+
+
+def gradient_through_time(model, seq):
+    """How strongly the loss at the LAST position depends on the input t steps earlier:
+    the norm of dL/dx_t (x_t the embedding read at step t), averaged over the batch;
+    seq (B, T + 1) holds T inputs and, last, the character to predict. In a vanilla RNN it
+    shrinks roughly geometrically with the distance (each step back multiplies by W_h and
+    by tanh's slope, < 1): the vanishing gradient. The gated cells let more of it through."""
+    emb = embedding(model.wte.weight, seq[:, :-1]).retain_grad()  # (B, T, E)
+    logits, _ = model.from_embeddings(emb)
+    loss = cross_entropy(logits[:, -1], seq[:, -1])               # the last position only
+    loss.backward()
+    return np.linalg.norm(emb.grad, axis=2).mean(axis=0)          # (T,)
+
+
+# %% Sampling
+def next_token_probs(logits, temperature=1.0, top_k=0):
+    """softmax(logits / temperature) over the top_k largest logits (all if 0), per row.
+    A temperature below 1 sharpens the distribution toward the likeliest characters, above
+    1 flattens it; top-k removes the long tail of unlikely characters entirely."""
+    logits = logits / temperature                                # (B, V)
+    if top_k and top_k < logits.shape[1]:
+        kth = np.sort(logits, axis=1)[:, -top_k][:, None]        # k-th largest per row
+        logits = np.where(logits < kth, -np.inf, logits)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))       # exp(-inf) = 0
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def generate(model, prompt, max_new, g, temperature=1.0, top_k=0, greedy=False, stop=None):
+    """Extend every row of `prompt` (B, T0) by up to max_new tokens, one step at a time.
+    A recurrent model reads the prompt once and then only its last token and the carried
+    state: each step costs the same however long the text already is (a transformer
+    re-reads its whole context window). `greedy` takes the likeliest token every time;
+    rows stop early once they produced `stop` (all rows: the loop ends)."""
+    out = np.array(prompt, dtype=np.int64).reshape(len(prompt), -1)  # (B, T0)
+    done = np.zeros(len(out), dtype=bool)
+    with no_grad():
+        logits, state = model(out)
+        for _ in range(max_new):
+            last = logits.data[:, -1].astype(np.float64)         # (B, V)
+            if greedy:
+                ix = last.argmax(axis=1)
+            else:
+                probs = next_token_probs(last, temperature, top_k)
+                ix = rng.multinomial(probs, num_samples=1, generator=g)[:, 0]
+            ix = np.where(done, stop if stop is not None else 0, ix)
+            out = np.concatenate([out, ix[:, None]], axis=1)
+            if stop is not None:
+                done |= ix == stop
+                if done.all():
+                    break
+            logits, state = model(ix[:, None], state)            # one step, state carried
+    return out
+
+
+def sample_names(model, n, g, stoi, itos, temperature=1.0, top_k=0, greedy=False, prompt=""):
+    """n names: start from the start token (and the prompt's letters), stop at '.', at
+    most 15 letters in all (makemore's longest name)."""
+    start = [0] + [stoi[ch] for ch in prompt]
+    if n == 0:
+        return []
+    rows = generate(model, [start] * n, BLOCK_SIZE - len(start), g, temperature, top_k,
+                    greedy, stop=0)
+    names = []
+    for row in rows[:, 1:].tolist():
+        row = row[:row.index(0) + 1] if 0 in row else row
+        names.append("".join(itos[i] for i in row))
+    return names
+
+
+def sample_text(model, n_chars, g, stoi, itos, temperature=1.0, top_k=0, greedy=False,
+                prompt="\n"):
+    """One passage of n_chars characters after the prompt."""
+    start = [stoi[ch] for ch in prompt]
+    row = generate(model, [start], n_chars, g, temperature, top_k, greedy)[0]
+    return "".join(itos[i] for i in row.tolist())
+
+
+def check_prompt(prompt, stoi, dataset):
+    """A prompt must use the dataset's characters (names: the letters a-z, and leave room
+    for at least one more letter)."""
+    allowed = set(stoi) - {"."} if dataset == "names" else set(stoi)
+    unknown = "".join(sorted(set(prompt) - allowed))
+    if unknown:
+        raise cli.UserError(f"--prompt has characters outside the {dataset} vocabulary: "
+                            f"{unknown!r}")
+    if dataset == "names" and len(prompt) >= BLOCK_SIZE - 1:
+        raise cli.UserError(f"--prompt is {len(prompt)} letters; names have at most "
+                            f"{BLOCK_SIZE - 1}")
+
+
+# %% Figures
+CELL_COLORS = {"rnn": "tab:red", "gru": "tab:blue", "lstm": "tab:green"}
+
+
+def smooth(values, n=100):
+    """Means over consecutive blocks of n values, and the block centres."""
+    m = len(values) // n * n
+    if m == 0:
+        return np.arange(len(values)), np.asarray(values)
+    return np.arange(m // n) * n + n / 2, np.asarray(values[:m]).reshape(-1, n).mean(1)
+
+
+def plot_losses(hists, held_out, path):
+    """Training loss (mean over 100 steps, thin) and held-out loss (thick) per cell."""
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for cell, hist in hists.items():
+        color = CELL_COLORS[cell]
+        ax.plot(*smooth(hist["loss"]), color=color, lw=0.8, alpha=0.5)
+        ax.plot(hist["eval_steps"], hist["eval_loss"], color=color, lw=2,
+                label=f"{cell.upper()}: {held_out} {hist['eval_loss'][-1]:.4f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (thin: training, mean of 100 steps)")
+    finals = [h["eval_loss"][-1] for h in hists.values()]
+    ax.set_ylim(min(finals) - 0.15, min(finals) + 1.0)
+    ax.legend(title=f"{held_out} loss")
+    ax.grid(alpha=0.3)
+    cli.save_figure(fig, path)
+
+
+def plot_gradient_through_time(curves, path):
+    """||dL/dx_t|| against the distance from the predicted position, log scale: one line per
+    trained cell (solid) and at initialisation (dashed)."""
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (cell, when), norms in curves.items():
+        back = np.arange(len(norms))[::-1]                  # steps back from the end
+        ax.semilogy(back, norms, color=CELL_COLORS[cell], ls="-" if when == "trained" else "--",
+                    label=f"{cell.upper()} ({when})")
+    ax.set_xlabel("steps back from the predicted character")
+    ax.set_ylabel("mean ||dL / dx_t|| (the input's embedding)")
+    ax.set_title("how far back the gradient reaches")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    cli.save_figure(fig, path)
+
+
+GATE_NAME = {"lstm": "forget gate f", "gru": "update gate z", "rnn": "hidden state tanh(.)"}
+
+
+def saturation(values, cell):
+    """The fraction of gate values stuck near 0 or 1 (< 0.05 or > 0.95), or of RNN hidden
+    values near -1 or 1 (|h| > 0.95): where tanh and sigmoid are flat, little gradient
+    passes through the unit itself (a gate near 1 passes the old state unchanged)."""
+    v = np.abs(values) if cell == "rnn" else np.minimum(values, 1 - values)
+    return float((v > 0.95).mean()) if cell == "rnn" else float((v < 0.05).mean())
+
+
+def plot_gates(hists, path):
+    """Per cell: histograms of the gate's values at several points of training, and the
+    saturated fraction over training."""
+    plt = cli.pyplot()
+    fig, axes = plt.subplots(len(hists), 2, figsize=(10, 3.2 * len(hists)), squeeze=False)
+    for row, (cell, hist) in zip(axes, hists.items()):
+        steps, gates = hist["gate_steps"], hist["gates"]
+        cmap = plt.get_cmap("viridis")
+        lo = -1 if cell == "rnn" else 0
+        shown = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 6)).round())
+        for j, k in enumerate(shown.astype(int)):  # at most 6 histograms, evenly spaced
+            row[0].hist(gates[k].ravel(), bins=50, range=(lo, 1), histtype="step",
+                        density=True, color=cmap(j / max(1, len(shown) - 1)),
+                        label=f"step {steps[k]}")
+        row[0].set_title(f"{cell.upper()}: {GATE_NAME[cell]}")
+        row[0].legend(fontsize=7)
+        row[1].plot(steps, [saturation(v, cell) for v in gates], marker="o",
+                    color=CELL_COLORS[cell])
+        row[1].set_ylim(0, 1)
+        row[1].set_title("fraction saturated (" + ("|h| > 0.95)" if cell == "rnn"
+                                                   else "< 0.05 or > 0.95)"))
+        row[1].set_xlabel("step")
+        row[1].grid(alpha=0.3)
+    fig.tight_layout()
+    cli.save_figure(fig, path)
+
+
+def plot_hidden_state(model, text, stoi, path):
+    """Heat map of the first layer's hidden state (units x time) while reading `text`,
+    with the gate (z or f) below it for the gated cells."""
+    record = {}
+    with no_grad():
+        model(np.array([[stoi[ch] for ch in text]]), record=record)
+    panels = [("hidden state h", record[0]["h"][0].T, "RdBu_r", -1, 1)]
+    if model.cell != "rnn":
+        key = "z" if model.cell == "gru" else "f"
+        panels.append((GATE_NAME[model.cell], record[0][key][0].T, "viridis", 0, 1))
+    plt = cli.pyplot()
+    width = min(16, max(7, 3 + 0.22 * len(text)))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels)), squeeze=False)
+    for ax, (title, values, cmap, lo, hi) in zip(axes[:, 0], panels):
+        im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
+                       interpolation="nearest")
+        ax.set_xticks(range(len(text)))
+        ax.set_xticklabels([repr(ch)[1:-1] if ch in "\n\t" else ch for ch in text],
+                           fontsize=7 if len(text) > 40 else 10)
+        ax.set_ylabel("unit")
+        ax.set_title(f"{model.cell.upper()} {title}, reading {text[:40]!r}"
+                     + ("..." if len(text) > 40 else ""))
+        fig.colorbar(im, ax=ax, fraction=0.03)
+    axes[-1, 0].set_xlabel("character read at this step")
+    fig.tight_layout()
+    cli.save_figure(fig, path)
+
+
+# %% Main
+def describe_data(ds):
+    if ds["kind"] == "names":
+        n_tr, n_te = len(ds["train_words"]), len(ds["test_words"])
+        print(f"{n_tr + n_te} names -> {n_tr} train, {n_te} test (the last {TEST_NAMES} of the "
+              f"lectures' shuffle); vocabulary {ds['vocab_size']}, block {BLOCK_SIZE}")
+        show_examples(ds["train"][0], ds["train"][1], ds["itos"])
+    else:
+        print(f"tiny Shakespeare: {len(ds['train'])} train, {len(ds['test'])} validation "
+              f"characters; vocabulary {ds['vocab_size']}")
+
+
+def probe_sequences(ds, n=64, length=48):
+    """Inputs for the gradient-through-time figure: n rows of length + 1 tokens of held-out
+    text (names: test names joined by '.')."""
+    if ds["kind"] == "names":
+        stream = np.array([0] + [ds["stoi"][ch] for ch in ".".join(ds["test_words"]) + "."])
+    else:
+        stream = ds["test"]
+    starts = np.linspace(0, len(stream) - length - 2, n).astype(int)
+    return np.stack([stream[s:s + length + 1] for s in starts])
+
+
+def grad_curve(model, seq):
+    """gradient_through_time on seq, leaving the parameters' gradients clean."""
+    norms = gradient_through_time(model, seq)
+    for p in model.parameters():
+        p.grad = None
+    return norms
+
+
+def train_cell(cfg, ds, quiet=False):
+    """Build, train and evaluate one model; returns (model, optimizer, generator, history,
+    summary dict)."""
+    g = rng.Generator(cfg.seed)
+    model = RecurrentLM(cfg, ds["vocab_size"], g)
+    n_params = sum(p.data.size for p in model.parameters())
+    print(f"\n== {cfg.cell.upper()}: {cfg.n_layer} layer(s), n_embd {cfg.n_embd}, hidden "
+          f"{cfg.n_hidden}, {cfg.init_state} initial state: {n_params:,} parameters")
+    schedule = f"{cfg.warmup_steps} warmup steps, cosine decay to {cfg.min_lr:g}" \
+        if cfg.schedule == "cosine" else "constant"
+    print(f"  {cfg.steps:,} steps of {cfg.batch_size} "
+          + ("names" if ds["kind"] == "names" else f"x {cfg.bptt} characters (truncated BPTT)")
+          + f": AdamW lr {cfg.lr:g} ({schedule}), betas (0.9, {cfg.beta2}), weight decay "
+          f"{cfg.weight_decay:g}, gradient clipping {cfg.grad_clip or 'off'}")
+    seq = probe_sequences(ds)
+    grad_init = grad_curve(model, seq)
+    optimizer = AdamW(model.named_parameters(), cfg.lr, betas=(0.9, cfg.beta2),
+                      weight_decay=cfg.weight_decay, decay="all")  # makemore: decay on all
+    hist = train(cfg, model, optimizer, ds, g, quiet=quiet)
+    ms = 1000 * hist["train_seconds"] / max(1, cfg.steps)
+    held_out = hist["eval_loss"][-1]
+    print(f"  {hist['train_seconds']:.1f}s training ({ms:.2f} ms/step) + "
+          f"{hist['eval_seconds']:.1f}s evaluating; "
+          f"{'test' if ds['kind'] == 'names' else 'val'} loss {held_out:.4f}")
+    grad_trained = grad_curve(model, seq)
+    reach = {when: (norms[-16] / norms[-1], norms[0] / norms[-1])
+             for when, norms in (("init", grad_init), ("trained", grad_trained))}
+    print(f"  gradient reaching 15 and {len(seq[0]) - 2} steps back (relative to the last "
+          f"input): {reach['trained'][0]:.1e} and {reach['trained'][1]:.1e} "
+          f"(at initialisation {reach['init'][0]:.1e} and {reach['init'][1]:.1e})")
+    gate_saturation = saturation(hist["gates"][-1], cfg.cell)
+    print(f"  {GATE_NAME[cfg.cell]}: {100 * gate_saturation:.0f}% saturated after training")
+    summary = dict(cell=cfg.cell, n_params=n_params, held_out=held_out, ms_per_step=ms,
+                   seconds=hist["train_seconds"], grad_init=grad_init,
+                   grad_trained=grad_trained, reach=reach, saturation=gate_saturation)
+    return model, optimizer, g, hist, summary
+
+
+def show_samples(cfg, model, ds):
+    """Samples at the chosen temperature / top-k, then colder, hotter and greedy ones."""
+    g = rng.Generator(cfg.seed + 10)
+    stoi, itos = ds["stoi"], ds["itos"]
+    out = {}
+    if ds["kind"] == "names":
+        def draw(n, **kw):
+            return sample_names(model, n, g, stoi, itos, prompt=cfg.prompt, **kw)
+        out["samples"] = draw(cfg.samples, temperature=cfg.temperature, top_k=cfg.top_k)
+        known = set(ds["train_words"])
+        n_known = sum(s[:-1] in known for s in out["samples"])
+        print(f"\n== Samples (temperature {cfg.temperature}"
+              + (f", top-k {cfg.top_k}" if cfg.top_k else "") + f"; {n_known} of "
+              f"{len(out['samples'])} are names from the training set)\n  "
+              + " ".join(out["samples"]))
+        out["cold"] = draw(10, temperature=0.5)
+        out["hot"] = draw(10, temperature=1.5)
+        out["greedy"] = draw(5, greedy=True)
+        print("  temperature 0.5: " + " ".join(out["cold"]))
+        print("  temperature 1.5: " + " ".join(out["hot"]))
+        print("  greedy (always the likeliest letter): " + " ".join(out["greedy"])
+              + "  <- the same name every time")
+    else:
+        prompt = cfg.prompt or "\n"
+        out["samples"] = [sample_text(model, cfg.max_new_tokens, g, stoi, itos,
+                                      cfg.temperature, cfg.top_k, prompt=prompt)
+                          for _ in range(min(cfg.samples, 1))]
+        out["greedy"] = [sample_text(model, 300, g, stoi, itos, greedy=True, prompt=prompt)]
+        for s in out["samples"]:
+            print(f"\n== Sample (temperature {cfg.temperature}"
+                  + (f", top-k {cfg.top_k}" if cfg.top_k else "") + ")\n" + s)
+        print("\n== Greedy (always the likeliest character): it falls into a loop\n"
+              + out["greedy"][0])
+    return out
+
+
+def sample_main(cfg, ds):
+    """--sample: load the checkpoint in --out and sample from it."""
+    path = Path(cfg.out) / "ckpt.npz"
+    saved, meta = load_checkpoint(path)
+    if saved.dataset != cfg.dataset:
+        raise cli.UserError(f"checkpoint {path} was trained on {saved.dataset}; "
+                            f"add --dataset {saved.dataset}")
+    model = RecurrentLM(replace(saved, fused=cfg.fused), ds["vocab_size"],
+                        rng.Generator(saved.seed))
+    load_model_state(model, path)
+    print(f"[{path}: {saved.cell.upper()}, step {meta['step']}, "
+          f"{'test' if saved.dataset == 'names' else 'val'} loss {meta['held_out']:.4f}]")
+    return dict(config=asdict(saved), **show_samples(cfg, model, ds))
+
+
+def compare_cells(cfg, ds, out, held_out):
+    """--compare: the three cells, trained alike; one table, one loss plot."""
+    hists, results = {}, {}
+    for cell in ("rnn", "gru", "lstm"):
+        *_, hists[cell], results[cell] = train_cell(replace(cfg, cell=cell), ds)
+        if "stopped_at" in hists[cell]:
+            raise KeyboardInterrupt
+    print(f"\n== Comparison ({cfg.steps} steps each)\n  cell  parameters  {held_out} loss"
+          f"  ms/step")
+    for r in results.values():
+        print(f"  {r['cell']:4s}  {r['n_params']:10,d}  {r['held_out']:9.4f}  "
+              f"{r['ms_per_step']:7.2f}")
+    files = []
+    if cfg.plots:
+        plot_losses(hists, held_out, out / "compare.png")
+        plot_gates({c: hists[c] for c in ("gru", "lstm", "rnn")}, out / "gates.png")
+        plot_gradient_through_time(
+            {(c, w): results[c][f"grad_{w}"] for c in results for w in ("init", "trained")},
+            out / "gradient_through_time.png")
+        files = [str(out / f) for f in ("compare.png", "gates.png",
+                                        "gradient_through_time.png")]
+        print(f"\nwrote {', '.join(files)}")
+    return dict(config=asdict(cfg), results=results, files=files,
+                histories={c: {k: h[k] for k in ("loss", "eval_steps", "eval_loss")}
+                           for c, h in hists.items()})
+
+
+def main(argv=None) -> dict:
+    cfg = cli.parse_config(Config, argv, __doc__, prog="08_lstm_gru/train.py")
+    ds = load_dataset(cfg)
+    check_prompt(cfg.prompt, ds["stoi"], ds["kind"])
+    if cfg.sample:
+        return sample_main(cfg, ds)
+    describe_data(ds)
+    out = cli.out_dir(cfg.out)
+    held_out = "test" if ds["kind"] == "names" else "val"
+    if cfg.compare:
+        return compare_cells(cfg, ds, out, held_out)
+
+    model, optimizer, g, hist, result = train_cell(cfg, ds)
+    history = {k: hist[k] for k in ("loss", "eval_steps", "eval_loss")}
+    if "stopped_at" in hist:  # Ctrl-C: keep the model trained so far, for --sample
+        save_checkpoint(out / "ckpt.npz", cfg, model, optimizer, g, history,
+                        dict(step=hist["stopped_at"], held_out=result["held_out"]))
+        print(f"\nstopped at step {hist['stopped_at']}: the model so far is in "
+              f"{out / 'ckpt.npz'}")
+        raise KeyboardInterrupt
+    samples = show_samples(cfg, model, ds)
+    save_checkpoint(out / "ckpt.npz", cfg, model, optimizer, g, history,
+                    dict(step=cfg.steps, held_out=result["held_out"]))
+    files = [str(out / "ckpt.npz")]
+    if cfg.plots:
+        plot_losses({cfg.cell: hist}, held_out, out / "loss.png")
+        plot_gates({cfg.cell: hist}, out / "gates.png")
+        plot_gradient_through_time({(cfg.cell, "init"): result["grad_init"],
+                                    (cfg.cell, "trained"): result["grad_trained"]},
+                                   out / "gradient_through_time.png")
+        if ds["kind"] == "names":  # the longest sampled name, with its start token
+            text = "." + max(samples["samples"] or [ds["test_words"][0] + "."], key=len)
+        else:
+            text = "".join(ds["itos"][i] for i in ds["test"][:80])
+        plot_hidden_state(model, text, ds["stoi"], out / "hidden_state.png")
+        files += [str(out / f) for f in ("loss.png", "gates.png", "gradient_through_time.png",
+                                         "hidden_state.png")]
+    print(f"\nwrote {', '.join(files)}")
+    return dict(config=asdict(cfg), **result, loss=hist["loss"], grad_norm=hist["grad_norm"],
+                eval_steps=hist["eval_steps"], eval_loss=hist["eval_loss"], files=files,
+                **samples)
+
+
 # %% Engine
+# Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
+# file like a library; each stage carries it forward unchanged and appends what its
+# lecture needs in a cell of its own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
 
@@ -235,29 +1074,24 @@ def _matmul(a, b):
     return a @ b
 
 
-def _spread(x, dim, ddof, take_sqrt=False):
-    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
-    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
-    double precision and rounded once to x's precision (float32 for training)."""
-    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
-    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
-
-
-# what torch's max(dim) returns: the largest values (a Tensor) and where they are (ints)
-MaxResult = namedtuple("MaxResult", ["values", "indices"])
-
-
 class Tensor:
     """A numpy array plus its gradient and the op that made it: stage 01's Value, with
     the scalar replaced by an array. Each op computes its result with numpy and stores a
-    closure `_backward(grad)` that adds the op's share of `grad` into its inputs."""
+    closure `_backward(grad)` that adds the op's share of `grad` into its inputs. A
+    closure holds the op's inputs and the arrays it needs, never its own result, so the
+    graph has no reference cycles and each step's memory is freed as soon as it ends."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op")
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_retain",
+                 "__weakref__")
 
     def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
-        if dtype is None and not (isinstance(data, (np.ndarray, np.generic))
-                                  and data.dtype.kind == "f"):
-            dtype = np.float32  # like torch: float32 unless asked (the tests use float64)
+        if dtype is None:
+            array = np.asarray(data)
+            if array.dtype.kind in "iu":
+                dtype = np.int64  # integers stay integers, as in torch.tensor([1, 2])
+            elif array.dtype.kind != "b" and not (
+                    isinstance(data, (np.ndarray, np.generic)) and array.dtype.kind == "f"):
+                dtype = np.float32  # like torch: float32 unless asked (tests use float64)
         self.data = np.asarray(data, dtype=dtype)
         self.grad = None
         # an op's result needs a gradient if any input does (and we are recording)
@@ -266,6 +1100,7 @@ class Tensor:
         self._prev = _children if self.requires_grad else ()
         self._backward = None
         self._op = _op
+        self._retain = False
 
     def _accumulate(self, grad):
         """grad += (the op's contribution), summed back to this tensor's shape. `+=`
@@ -320,17 +1155,23 @@ class Tensor:
 
     def __matmul__(self, other):
         other = self._wrap(other)
-        out = Tensor(_matmul(self.data, other.data), _children=(self, other), _op="@")
+        a, b = self.data, other.data
+        out = Tensor(_matmul(a, b), _children=(self, other), _op="@")
 
         def _backward(g):  # A @ B: dA = g @ B^T, dB = A^T @ g, on the last two dims
+            a2 = a[None] if a.ndim == 1 else a            # a vector is a (1, K) row,
+            b2 = b[:, None] if b.ndim == 1 else b         # or a (K, 1) column
+            g2 = g[..., None] if b.ndim == 1 else g
+            g2 = g2[..., None, :] if a.ndim == 1 else g2
             if self.requires_grad:
-                self._accumulate(_matmul(g, np.swapaxes(other.data, -1, -2)))
+                da = _matmul(g2, np.swapaxes(b2, -1, -2))
+                self._accumulate(da[..., 0, :] if a.ndim == 1 else da)
             if other.requires_grad:
-                if other.data.ndim == 2 < self.data.ndim:  # (B, T, C) @ (C, N): sum
-                    a = self.data.reshape(-1, self.data.shape[-1])  # over all B*T rows
-                    other._accumulate(a.T @ g.reshape(-1, g.shape[-1]))  # in one matmul
+                if b2.ndim == 2 < a2.ndim:  # (B, T, K) @ (K, M): dB sums over all B*T rows
+                    db = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
                 else:
-                    other._accumulate(np.swapaxes(self.data, -1, -2) @ g)
+                    db = np.swapaxes(a2, -1, -2) @ g2
+                other._accumulate(db[..., 0] if b.ndim == 1 else db)
         out._backward = _backward
         return out
 
@@ -354,31 +1195,14 @@ class Tensor:
 
     # -- elementwise functions --
     def exp(self):
-        out = Tensor(np.exp(self.data), _children=(self,), _op="exp")
-        out._backward = lambda g: self._accumulate(g * out.data)  # d exp(a) = exp(a)
+        e = np.exp(self.data)
+        out = Tensor(e, _children=(self,), _op="exp")
+        out._backward = lambda g: self._accumulate(g * e)  # d exp(a) = exp(a)
         return out
 
     def log(self):
         out = Tensor(np.log(self.data), _children=(self,), _op="log")
         out._backward = lambda g: self._accumulate(g / self.data)  # d log(a) = 1/a
-        return out
-
-    def tanh(self):
-        out = Tensor(np.tanh(self.data), _children=(self,), _op="tanh")
-        out._backward = lambda g: self._accumulate(g * (1 - out.data**2))  # 1 - tanh**2
-        return out
-
-    def sqrt(self):
-        out = Tensor(np.sqrt(self.data), _children=(self,), _op="sqrt")
-        out._backward = lambda g: self._accumulate(g / (2 * out.data))  # 1 / (2 sqrt(a))
-        return out
-
-    # -- new in stage 08: the gates' squashing function --
-    def sigmoid(self):
-        """1 / (1 + exp(-a)), computed as (1 + tanh(a / 2)) / 2: the same function, but
-        exp(-a) would overflow for a very negative a, tanh never does."""
-        out = Tensor(0.5 * (1 + np.tanh(0.5 * self.data)), _children=(self,), _op="sigmoid")
-        out._backward = lambda g: self._accumulate(g * out.data * (1 - out.data))  # s (1 - s)
         return out
 
     # -- reductions: the gradient of a sum flows back unchanged to every summed element --
@@ -393,9 +1217,9 @@ class Tensor:
         return out
 
     def mean(self, dim=None, keepdim=False):
-        n = self.data.size if dim is None else self.data.shape[dim]
-        out = Tensor(self.data.mean(axis=dim, keepdims=keepdim), _children=(self,),
-                     _op="mean")
+        m = self.data.mean(axis=dim, keepdims=keepdim)
+        n = self.data.size // max(np.size(m), 1)  # how many numbers each mean averages
+        out = Tensor(m, _children=(self,), _op="mean")
 
         def _backward(g):
             if dim is not None and not keepdim:
@@ -404,59 +1228,12 @@ class Tensor:
         out._backward = _backward
         return out
 
-    def max(self, dim, keepdim=False):
-        """The largest element along dim and its index, as torch's `max(dim)`: a pair
-        (values, indices). Only the largest element decides the result, so the gradient
-        flows to it alone: a max routes the gradient like a switch (a one-hot mask).
-        The indices are plain integers, with no gradient."""
-        indices = self.data.argmax(axis=dim)                  # (N,) the first largest
-        where = np.expand_dims(indices, dim)                  # (N, 1) for take/put
-        values = np.take_along_axis(self.data, where, axis=dim)
-        out = Tensor(values if keepdim else np.squeeze(values, axis=dim),
-                     _children=(self,), _op="max")
-
-        def _backward(g):
-            grad = np.zeros_like(self.data)
-            np.put_along_axis(grad, where, g.reshape(where.shape), axis=dim)
-            self._accumulate(grad)
-        out._backward = _backward
-        return MaxResult(out, indices)
-
-    # -- spread: how far the numbers are from their mean (BatchNorm divides by it) --
-    def var(self, dim=None, keepdim=False, unbiased=True):
-        """The mean squared distance from the mean; divided by n - 1 instead of n when
-        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
-        to the samples than the true mean does, so dividing by n would come out small)."""
-        ddof = 1 if unbiased else 0
-        var = _spread(self.data, dim, ddof)                   # reduced dims kept as 1
-        d = self.data.size // var.size - ddof                 # the divisor: n - 1 or n
-        out = Tensor(var if keepdim else np.squeeze(var, axis=dim), _children=(self,),
-                     _op="var")
-
-        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
-            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
-            self._accumulate(g.reshape(var.shape) * 2 * dev / d)  # deviations sum to 0)
-        out._backward = _backward
-        return out
-
-    def std(self, dim=None, keepdim=False, unbiased=True):
-        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
-        ddof = 1 if unbiased else 0
-        std = _spread(self.data, dim, ddof, take_sqrt=True)
-        d = self.data.size // std.size - ddof
-        out = Tensor(std if keepdim else np.squeeze(std, axis=dim), _children=(self,),
-                     _op="std")
-
-        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
-            dev = self.data - self.data.mean(axis=dim, keepdims=True)
-            self._accumulate(g.reshape(std.shape) * dev / (d * std))
-        out._backward = _backward
-        return out
-
     # -- indexing: probs[arange(n), ys] picks one probability per row --
     def __getitem__(self, idx):
-        idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) \
-            if isinstance(idx, tuple) else idx
+        if isinstance(idx, tuple):
+            idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+        elif isinstance(idx, Tensor):
+            idx = idx.data
         out = Tensor(self.data[idx], _children=(self,), _op="[]")
 
         def _backward(g):
@@ -466,25 +1243,102 @@ class Tensor:
         out._backward = _backward
         return out
 
-    # -- shape: the same numbers, seen as a different shape (no copy, like torch's view) --
+    # -- new in stage 03: the hidden layer's tanh, and view to concatenate embeddings --
+    def tanh(self):
+        t = np.tanh(self.data)
+        out = Tensor(t, _children=(self,), _op="tanh")
+        out._backward = lambda g: self._accumulate(g * (1 - t**2))  # 1 - tanh**2
+        return out
+
     def view(self, *shape):
+        """The same numbers seen as a different shape (no copy, like torch's view)."""
         out = Tensor(self.data.reshape(*shape), _children=(self,), _op="view")
         out._backward = lambda g: self._accumulate(g.reshape(self.data.shape))
         return out
 
     reshape = view
 
+    # -- new in stage 04: sqrt, and the spread of numbers (BatchNorm divides by it) --
+    def sqrt(self):
+        s = np.sqrt(self.data)
+        out = Tensor(s, _children=(self,), _op="sqrt")
+        out._backward = lambda g: self._accumulate(g / (2 * s))  # 1 / (2 sqrt(a))
+        return out
+
+    def var(self, dim=None, keepdim=False, unbiased=True):
+        """The mean squared distance from the mean; divided by n - 1 instead of n when
+        `unbiased` (Bessel's correction, torch's default: a sample's own mean sits closer
+        to the samples than the true mean does, so dividing by n would come out small)."""
+        ddof = 1 if unbiased else 0
+        v = _spread(self.data, dim, ddof)                     # reduced dims kept as 1
+        d = self.data.size // v.size - ddof                   # the divisor: n - 1 or n
+        out = Tensor(v if keepdim else np.squeeze(v, axis=dim), _children=(self,),
+                     _op="var")
+
+        def _backward(g):  # d var / d x_i = 2 (x_i - mean) / d (the mean's own share
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)  # cancels out:
+            self._accumulate(g.reshape(v.shape) * 2 * dev / d)  # deviations sum to 0)
+        out._backward = _backward
+        return out
+
+    def std(self, dim=None, keepdim=False, unbiased=True):
+        """sqrt(var) as one op, like torch.std: the lecture's BatchNorm divides by it."""
+        ddof = 1 if unbiased else 0
+        s = _spread(self.data, dim, ddof, take_sqrt=True)
+        d = self.data.size // s.size - ddof
+        out = Tensor(s if keepdim else np.squeeze(s, axis=dim), _children=(self,),
+                     _op="std")
+
+        def _backward(g):  # d std / d x_i = d var / d x_i / (2 std) = (x_i - mean) / (d std)
+            dev = self.data - self.data.mean(axis=dim, keepdims=True)
+            self._accumulate(g.reshape(s.shape) * dev / (d * s))
+        out._backward = _backward
+        return out
+
+    # -- new in stage 05: max, whose gradient is routed to the largest element --
+    def max(self, dim=None, keepdim=False):
+        """torch's max: with no dim, the largest element (a Tensor); with dim, the pair
+        (values, indices) of the largest along dim. Only the largest element decides the
+        result, so the gradient flows to it alone: a max routes the gradient like a
+        switch (a one-hot mask). The indices are plain integers, with no gradient."""
+        if dim is None:
+            return self.view(-1).max(0).values
+        where = np.expand_dims(self.data.argmax(axis=dim), dim)  # (N, 1) the first largest
+        values = np.take_along_axis(self.data, where, axis=dim)  # (N, 1)
+        out = Tensor(values if keepdim else np.squeeze(values, axis=dim),
+                     _children=(self,), _op="max")
+
+        def _backward(g):
+            grad = np.zeros_like(self.data)
+            np.put_along_axis(grad, where, g.reshape(where.shape), axis=dim)
+            self._accumulate(grad)
+        out._backward = _backward
+        return MaxResult(out, where if keepdim else np.squeeze(where, axis=dim))
+
+    # -- new in stage 06: squeeze, and ndim --
     def squeeze(self, dim):
         """Drop dimension `dim` if its size is 1: (B, 1, C) -> (B, C). Also a view."""
         if self.data.shape[dim] != 1:
             return self
         dim %= self.data.ndim
         return self.view(*(n for i, n in enumerate(self.data.shape) if i != dim))
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
     # -- new in stage 07: the ops of attention, each with its backward pass --
     def transpose(self, dim0, dim1):
         """Swap two dimensions (a view, as in torch): k.transpose(-2, -1) is every k^T."""
         out = Tensor(np.swapaxes(self.data, dim0, dim1), _children=(self,), _op="transpose")
         out._backward = lambda g: self._accumulate(np.swapaxes(g, dim0, dim1))
+        return out
+
+    def permute(self, *dims):
+        """Reorder the dimensions (a view, as in torch): (B, T, nh, hs) -> (B, nh, T, hs)
+        with permute(0, 2, 1, 3). The gradient goes back through the inverse order."""
+        out = Tensor(np.transpose(self.data, dims), _children=(self,), _op="permute")
+        out._backward = lambda g: self._accumulate(np.transpose(g, np.argsort(dims)))
         return out
 
     def masked_fill(self, mask, value):
@@ -505,6 +1359,17 @@ class Tensor:
         out = Tensor(s, _children=(self,), _op="softmax")
         out._backward = lambda g: self._accumulate(
             s * (g - (g * s).sum(axis=dim, keepdims=True)))
+        return out
+
+    def log_softmax(self, dim=-1):
+        """F.log_softmax as ONE op: x - max - log(sum(exp(x - max))), never log(0). The
+        backward pass is g - softmax * sum(g)."""
+        x = self.data
+        shifted = x - x.max(axis=dim, keepdims=True)
+        ls = shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+        out = Tensor(ls, _children=(self,), _op="log_softmax")
+        out._backward = lambda g: self._accumulate(
+            g - np.exp(ls) * g.sum(axis=dim, keepdims=True))
         return out
 
     def relu(self):
@@ -555,14 +1420,23 @@ class Tensor:
         out._backward = _backward
         return out
 
+    # -- new in stage 08: the gates' squashing function --
+    def sigmoid(self):
+        """1 / (1 + exp(-a)), computed as (1 + tanh(a / 2)) / 2: the same function, but
+        exp(-a) would overflow for a very negative a, tanh never does."""
+        s = 0.5 * (1 + np.tanh(0.5 * self.data))
+        out = Tensor(s, _children=(self,), _op="sigmoid")
+        out._backward = lambda g: self._accumulate(g * s * (1 - s))  # s (1 - s)
+        return out
+
     # -- backpropagation --
-    def backward(self, keep_grads=True):
+    def backward(self):
         """Fill .grad of every tensor this one depends on. The graph is ordered
         topologically with an explicit stack (no recursion limit), then each op's
-        _backward runs from the output back to the inputs. keep_grads=False drops each
-        op result's gradient (and what the op kept for its backward pass) as soon as it
-        has been passed on, as torch does: only the leaves (parameters) keep .grad,
-        and a big model's backward pass needs about half the memory."""
+        _backward runs from the output back to the inputs. As in torch, the graph is
+        freed on the way: once an op has passed its gradient on, it lets go of its
+        inputs and saved arrays, and an intermediate result drops its .grad (only the
+        leaves, such as parameters, keep theirs, and tensors asked to retain_grad())."""
         topo, visited, stack = [], set(), [(self, False)]
         while stack:
             node, children_done = stack.pop()
@@ -574,19 +1448,22 @@ class Tensor:
                 stack.extend((child, False) for child in node._prev)
         self.grad = np.ones_like(self.data)  # d self / d self = 1
         for node in reversed(topo):
-            if node._backward is not None and node.grad is not None:
-                node._backward(node.grad)
-                if not keep_grads:
-                    node.grad = node._backward = None
+            if node._backward is not None:
+                if node.grad is not None:
+                    node._backward(node.grad)
+                node._backward, node._prev = None, ()
+                if not node._retain:
+                    node.grad = None
+
+    def retain_grad(self):
+        """Keep this intermediate result's .grad after backward(), as torch's does."""
+        self._retain = True
+        return self
 
     # -- conveniences --
     @property
     def shape(self):
         return self.data.shape
-
-    @property
-    def ndim(self):
-        return self.data.ndim
 
     def item(self):
         return self.data.item()
@@ -600,12 +1477,39 @@ def one_hot(ix, num_classes):
     return np.eye(num_classes, dtype=np.float32)[ix]
 
 
+# %% Engine: new in stage 03
+def cross_entropy(logits, targets):
+    """F.cross_entropy(logits, targets): the mean negative log likelihood of `targets`
+    under softmax(logits), built from the ops above. Subtracting each row's largest logit
+    first changes nothing mathematically (softmax(x - c) = softmax(x)) but keeps exp()
+    from overflowing; the max is taken as a constant, since the result does not depend
+    on it. Then log softmax = shifted - log(sum(exp(shifted))), which never takes log(0)."""
+    n = len(targets)
+    shifted = logits - Tensor(logits.data.max(axis=1, keepdims=True))  # (N, 27), max 0
+    logprobs = shifted - shifted.exp().sum(1, keepdim=True).log()       # (N, 27)
+    return -logprobs[np.arange(n), targets].mean()
+
+
+# %% Engine: new in stage 04
+def _spread(x, dim, ddof, take_sqrt=False):
+    """The variance of x along dim (with take_sqrt: the standard deviation), dividing by
+    n - ddof, kept as a size-1 dimension. As torch does on the CPU, it is computed in
+    double precision and rounded once to x's precision (float32 for training)."""
+    var = np.var(x, axis=dim, dtype=np.float64, ddof=ddof, keepdims=True)
+    return (np.sqrt(var) if take_sqrt else var).astype(x.dtype)
+
+
+# %% Engine: new in stage 05
+# what torch's max(dim) returns: the largest values (a Tensor) and where they are (ints)
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
 def cross_entropy(logits, targets, ignore_index=None):
-    """F.cross_entropy: the mean negative log likelihood of `targets` under
-    softmax(logits), as ONE op. Subtracting each row's max before exp() keeps exp() from
-    overflowing (softmax does not change when a constant is subtracted from a row), and
-    the backward pass is the short formula (softmax - one_hot(targets)) / N instead of a
-    chain of exp, sum, divide, index and log ops. Rows whose target is `ignore_index`
+    """Stage 03's cross_entropy as ONE op, with the backward pass derived in this lecture
+    (exercise 2): dlogits = (softmax(logits) - one_hot(targets)) / N, one formula instead
+    of a chain of max, subtract, exp, sum, log, index and mean ops, each with its own
+    backward pass and intermediate arrays. It replaces the definition above (the same
+    numbers); the stages after this one use it. Rows whose target is `ignore_index`
     (makemore pads with -1) are left out: of the mean, and of the gradient."""
     x = logits.data                                       # (N, 27)
     rows, keep = np.arange(len(targets)), None
@@ -630,21 +1534,19 @@ def cross_entropy(logits, targets, ignore_index=None):
 
 
 def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
-    """BatchNorm as ONE op (F.batch_norm): every feature (the last dimension, D) of x is
-    shifted by a mean and divided by sqrt(var + eps), then scaled by `gain` and shifted by
-    `bias` (D,). Without `mean` and `var` (training) they are the batch's own, taken over
-    the dimensions `dims` ((0,) for (N, D) input, (0, 1) for (B, T, D)), the variance
-    unbiased as in the lecture, and a gradient flows through them; returns (out, mean,
-    var), the reduced dimensions kept as size 1 as the lecture's keepdim=True does, so the
-    caller can update its running estimates. Given `mean` and `var` (evaluation: the
-    running estimates), they are constants.
-
-    The backward pass is derived by hand (makemore part 4 does it on paper): with
-    xhat = (x - mean) / sqrt(var + eps), s = gain / sqrt(var + eps) and N values per
-    statistic,
+    """BatchNorm as ONE op (F.batch_norm), with the backward pass derived in this lecture
+    (exercise 3): every feature (the last dimension, D) of x is shifted by a mean and
+    divided by sqrt(var + eps), then scaled by `gain` and shifted by `bias` (D,). Without
+    `mean` and `var` (training) they are the batch's own, taken over the dimensions
+    `dims` ((0,) for (N, D) input, (0, 1) for (B, T, D)), the variance unbiased as in the
+    lecture, and a gradient flows through them; returns (out, mean, var), the reduced
+    dimensions kept as size 1 as the lecture's keepdim=True does, so the caller can update
+    its running estimates. Given `mean` and `var` (evaluation: the running estimates),
+    they are constants. With xhat = (x - mean) / sqrt(var + eps), s = gain / sqrt(var +
+    eps) and N values per statistic,
         dx = s / N * (N dout - sum(dout) - N / (N - 1) * xhat * sum(dout * xhat))
     one formula instead of a chain of mean, subtract, var, add, sqrt, divide, multiply and
-    add ops, each with its own backward pass and intermediate arrays."""
+    add ops."""
     training = mean is None
     if training:
         mean = x.data.mean(axis=dims, keepdims=True)          # (1, D) or (1, 1, D)
@@ -669,7 +1571,7 @@ def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
     return out, mean, var
 
 
-# %% Engine: the dilated causal convolution (beyond the lecture)
+# %% Engine: new in stage 06: the dilated causal convolution (beyond the lecture)
 def conv1d(x, weight, dilation):
     """A convolution with kernel size 2 along the time axis of x (B, T, C), channels last,
     without padding: output t sees input positions t and t + dilation,
@@ -695,7 +1597,6 @@ def conv1d(x, weight, dilation):
             x._accumulate(dx)
     out._backward = _backward
     return out
-
 
 
 # %% Engine: new in stage 07
@@ -1039,829 +1940,6 @@ def recurrence(cell, x, h0, W, b, c0=None, b_hn=None, record=None):
             b_hn._accumulate(db_hn)
     out._backward = _backward
     return out, (hs[:, -1].copy(), None if c_last is None else c_last.copy())
-
-
-# %% Model: layers
-class Module:
-    """The part of torch.nn.Module the lecture uses: `parameters()` collects the tensors
-    that need gradients from the attributes (layers, lists of layers), and
-    `train()` / `eval()` set the `training` flag everywhere (dropout acts only when
-    training)."""
-
-    training = True
-
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
-
-    def children(self):
-        for value in vars(self).values():
-            for item in (value if isinstance(value, list) else [value]):
-                if isinstance(item, Module):
-                    yield item
-
-    def named_parameters(self, prefix=""):
-        """(name, tensor) pairs in the order the layers were made, named by attribute:
-        'blocks.layers.0.sa.heads.0.key.weight', ..."""
-        for name, value in vars(self).items():
-            items = [(f"{name}.{i}", v) for i, v in enumerate(value)] \
-                if isinstance(value, list) else [(name, value)]
-            for key, item in items:
-                if isinstance(item, Tensor) and item.requires_grad:
-                    yield prefix + key, item
-                elif isinstance(item, Module):
-                    yield from item.named_parameters(f"{prefix}{key}.")
-
-    def parameters(self):
-        return [p for _, p in self.named_parameters()]
-
-    def apply(self, fn):
-        """fn(module) for every module, children first (as torch's `apply`)."""
-        for child in self.children():
-            child.apply(fn)
-        fn(self)
-        return self
-
-    def train(self, mode=True):
-        self.training = mode
-        for child in self.children():
-            child.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def zero_grad(self):
-        for p in self.parameters():
-            p.grad = None
-
-
-def normal_init(shape, std, generator):
-    """torch.nn.init.normal_(a tensor of this shape, 0, std), from `generator`. (torch
-    draws fewer than 16 values another way; then we keep the first of 16 draws.)"""
-    n = math.prod(shape)
-    return rng.normal(max(n, 16), 0.0, std, generator=generator)[:n].reshape(shape)
-
-
-class Linear(Module):
-    """nn.Linear: y = x @ weight + bias, with the weight stored (fan_in, fan_out) so that
-    x @ weight needs no transpose. Initialized as torch does, uniform in +-1/sqrt(fan_in),
-    drawn in torch's (fan_out, fan_in) layout and order, so a run seeded like the
-    lecture's starts from the same numbers."""
-
-    def __init__(self, fan_in, fan_out, bias=True, generator=None):
-        bound = 1 / math.sqrt(fan_in)
-        w = rng.uniform((fan_out, fan_in), -bound, bound, generator=generator)
-        self.weight = Tensor(np.ascontiguousarray(w.T), requires_grad=True)  # (in, out)
-        self.bias = Tensor(rng.uniform(fan_out, -bound, bound, generator=generator),
-                           requires_grad=True) if bias else None
-
-    def forward(self, x):
-        out = x @ self.weight                      # (..., fan_in) @ (fan_in, fan_out)
-        return out if self.bias is None else out + self.bias
-
-
-class Embedding(Module):
-    """nn.Embedding: row `i` of the table is token i's vector; initialized N(0, 1)."""
-
-    def __init__(self, num_embeddings, embedding_dim, generator=None):
-        self.weight = Tensor(normal_init((num_embeddings, embedding_dim), 1.0, generator),
-                             requires_grad=True)
-
-    def forward(self, idx):
-        return self.weight[idx]                    # (B, T) -> (B, T, embedding_dim)
-
-
-# %% Model: recurrent cells
-# The three cells, written op by op with the engine: readable, and their gradients come for
-# free. Shapes: x (B, E) one time step's input, h and c (B, H), W (E + H, G), b (G,).
-# Weights and gate order are PyTorch's (torch.nn.RNNCell / GRUCell / LSTMCell): our W is
-# their weight_ih and weight_hh, transposed and stacked, [W_ih.T; W_hh.T], and our b is
-# b_ih + b_hh (for the GRU's candidate only b_ih; its b_hh part is our b_hn). The tests
-# compare all three cells with PyTorch's on the same weights.
-
-def rnn_cell(x, h, W, b):
-    """The vanilla (Elman) RNN: h = tanh(W [x, h_prev] + b), as makemore's RNNCell."""
-    return (cat([x, h], 1) @ W + b).tanh()                       # (B, H)
-
-
-def gru_cell(x, h, W, b, b_hn):
-    """The GRU (Cho et al. 2014) with PyTorch's equations, gates r, z, n:
-        r = sigmoid(W_r [x, h] + b_r)                 reset: how much of h the candidate sees
-        z = sigmoid(W_z [x, h] + b_z)                 update: how much of h to keep
-        n = tanh(W_xn x + b_n + r * (W_hn h + b_hn))  candidate state
-        h = (1 - z) * n + z * h_prev
-    Other texts differ in two details. The final version of Cho et al.'s paper, and
-    makemore, apply the reset gate before the matmul, tanh(W_n [x, r * h]); PyTorch, cuDNN
-    and the paper's first version after it, as here (which keeps all of h @ W_h one
-    matmul). And makemore, like some later texts, lets z weight the candidate instead,
-    h = (1 - z) * h_prev + z * n: the same cell with z renamed 1 - z."""
-    E, H = x.shape[1], h.shape[1]
-    rz = (cat([x, h], 1) @ W[:, :2 * H] + b[:2 * H]).sigmoid()    # (B, 2H)
-    r, z = rz[:, :H], rz[:, H:]
-    n = (x @ W[:E, 2 * H:] + b[2 * H:] + r * (h @ W[E:, 2 * H:] + b_hn)).tanh()
-    return (1 - z) * n + z * h                                    # (B, H)
-
-
-def lstm_cell(x, h, c, W, b):
-    """The LSTM (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000)
-    with PyTorch's gate order i, f, g, o:
-        i, f, o = sigmoid(W_{i,f,o} [x, h] + b)   input, forget, output gates
-        g = tanh(W_g [x, h] + b_g)                what to write into the cell
-        c = f * c_prev + i * g                    the cell: a running, gated sum
-        h = o * tanh(c)
-    The cell c is the point: dc_prev = dc * f, a product of forget gates, not of weight
-    matrices, so a gradient can travel many steps back when f stays near 1."""
-    H = h.shape[1]
-    a = cat([x, h], 1) @ W + b                                   # (B, 4H)
-    i, f = a[:, :H].sigmoid(), a[:, H:2 * H].sigmoid()
-    g, o = a[:, 2 * H:3 * H].tanh(), a[:, 3 * H:].sigmoid()
-    c = f * c + i * g
-    return o * c.tanh(), c                                        # (B, H) each
-
-
-class Recurrent(Module):
-    """One recurrent layer: a cell applied at every time step, carrying h (and the LSTM's
-    c) from step to step; like torch.nn.RNN / GRU / LSTM with batch_first=True."""
-
-    def __init__(self, cell, n_in, n_hidden, generator=None, learned_state=True):
-        self.cell, H, G = cell, n_hidden, GATES[cell] * n_hidden
-        # torch.nn.GRU's (and RNN's, LSTM's) initialisation and draw order: weight_ih,
-        # weight_hh, bias_ih, bias_hh, every value ~ U(-1/sqrt(H), 1/sqrt(H))
-        k = 1 / math.sqrt(n_hidden)
-        w_ih, w_hh, b_ih, b_hh = (rng.uniform(shape, -k, k, generator=generator)
-                                  for shape in ((G, n_in), (G, H), (G,), (G,)))
-        self.W = Tensor(np.concatenate([w_ih.T, w_hh.T]), requires_grad=True)  # (n_in+H, G)
-        if cell == "gru":  # b_hh's candidate block stays apart, inside r * (h W_hn + b_hn)
-            b_ih[:2 * H] += b_hh[:2 * H]
-            self.b = Tensor(b_ih, requires_grad=True)                          # (G,)
-            self.b_hn = Tensor(b_hh[2 * H:], requires_grad=True)               # (H,)
-        else:  # the two biases are only ever added: one does their job
-            self.b = Tensor(b_ih + b_hh, requires_grad=True)                   # (G,)
-            self.b_hn = None
-        # the state before the first character: a learned vector (makemore's `start`) or 0
-        zeros = np.zeros((1, H), dtype=np.float32)
-        self.h0 = Tensor(zeros, requires_grad=learned_state)
-        self.c0 = Tensor(zeros.copy(), requires_grad=learned_state) if cell == "lstm" else None
-
-    def forward(self, x, state=None, fused=True, record=None):
-        """x (B, T, n_in) -> hs (B, T, H) and the final state. `state` (from the previous
-        chunk) replaces the initial state; it arrives as plain arrays, so no gradient
-        flows back into the chunk it came from."""
-        h0, c0 = self.h0, self.c0
-        if state is not None:
-            h0 = Tensor(state[0])
-            c0 = None if state[1] is None else Tensor(state[1])
-        if fused:
-            return recurrence(self.cell, x, h0, self.W, self.b, c0, self.b_hn, record)
-        return self.step_by_step(x, h0, c0)
-
-    def step_by_step(self, x, h, c=None):
-        """The same layer op by op: one cell call per time step, T graphs of ~15 nodes."""
-        B, T, _ = x.shape
-        ones = np.ones((B, 1), dtype=h.data.dtype)
-        h = h if h.shape[0] == B else h * ones                        # (1, H) -> (B, H)
-        c = c if c is None or c.shape[0] == B else c * ones
-        hs = []
-        for t in range(T):
-            x_t = x[:, t]                                             # (B, E)
-            if self.cell == "rnn":
-                h = rnn_cell(x_t, h, self.W, self.b)
-            elif self.cell == "gru":
-                h = gru_cell(x_t, h, self.W, self.b, self.b_hn)
-            else:
-                h, c = lstm_cell(x_t, h, c, self.W, self.b)
-            hs.append(h)
-        return stack(hs, 1), (h.data.copy(), None if c is None else c.data.copy())
-
-
-class RecurrentLM(Module):
-    """A character-level language model: embedding -> n_layer recurrent layers -> a
-    linear head to logits over the vocabulary (makemore's RNN model, any cell)."""
-
-    def __init__(self, cfg, vocab_size, generator=None):
-        self.cell, self.vocab_size = cfg.cell, vocab_size
-        self.wte = Embedding(vocab_size, cfg.n_embd, generator)
-        self.layers = [Recurrent(cfg.cell, cfg.n_embd if i == 0 else cfg.n_hidden,
-                                 cfg.n_hidden, generator, cfg.init_state == "learned")
-                       for i in range(cfg.n_layer)]
-        self.lm_head = Linear(cfg.n_hidden, vocab_size, generator=generator)
-
-    def forward(self, idx, state=None, fused=True, record=None):
-        """idx (B, T) token indices -> logits (B, T, vocab) and the state after the last
-        step (one (h, c) per layer), from which the next chunk can continue."""
-        x = embedding(self.wte.weight, idx)                             # (B, T, n_embd)
-        return self.from_embeddings(x, state, fused, record)
-
-    def from_embeddings(self, x, state=None, fused=True, record=None):
-        B, T, _ = x.shape
-        new_state = []
-        for i, layer in enumerate(self.layers):
-            rec = None if record is None else record.setdefault(i, {})
-            x, s = layer(x, None if state is None else state[i], fused, rec)  # (B, T, H)
-            new_state.append(s)
-        logits = self.lm_head(x.view(B * T, -1))                            # (B*T, V)
-        return logits.view(B, T, self.vocab_size), new_state
-
-
-def sequence_loss(logits, Y):
-    """Mean cross-entropy over all positions (B, T) whose target is not -1: as makemore,
-    the padding after a name's end does not count."""
-    return cross_entropy(logits.view(-1, logits.shape[-1]), Y.reshape(-1), ignore_index=-1)
-
-
-def evaluate_names(model, X, Y, lengths, chunk=2000):
-    """Mean loss per real position over a whole name set (no gradient)."""
-    total, count = 0.0, 0
-    with no_grad():
-        for s in range(0, len(X), chunk):
-            T = int(lengths[s:s + chunk].max())
-            y = Y[s:s + chunk, :T]
-            n = int((y >= 0).sum())
-            total += sequence_loss(model(X[s:s + chunk, :T])[0], y).item() * n
-            count += n
-    return total / count
-
-
-def evaluate_text(model, tokens, streams=128, chunk=256):
-    """Mean loss per character over a whole text, cut into `streams` rows read side by
-    side (in chunks, the state carried from one to the next), so each character is
-    predicted from everything before it in its row: up to len(text) / streams characters
-    back (871 for tiny Shakespeare's validation text)."""
-    n = (len(tokens) - 1) // streams
-    X = tokens[:n * streams].reshape(streams, n)
-    Y = tokens[1:n * streams + 1].reshape(streams, n)
-    total, state = 0.0, None
-    with no_grad():
-        for s in range(0, n, chunk):
-            logits, state = model(X[:, s:s + chunk], state)
-            y = Y[:, s:s + chunk]
-            total += cross_entropy(logits.view(-1, model.vocab_size), y.reshape(-1)).item() \
-                * y.size
-    return total / Y.size
-
-
-# %% Training
-def get_lr(cfg, it):
-    """nanoGPT's schedule: linear warmup over warmup_steps, then (cosine) a half cosine
-    from lr down to min_lr at the last step; (constant) lr throughout."""
-    if it < cfg.warmup_steps:
-        return cfg.lr * (it + 1) / (cfg.warmup_steps + 1)
-    if cfg.schedule == "constant" or cfg.steps <= cfg.warmup_steps:
-        return cfg.lr
-    decay_ratio = min(1.0, (it - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps))
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
-    return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
-
-
-class AdamW:
-    """torch.optim.AdamW's algorithm, step for step: decoupled weight decay
-    p -= lr * wd * p first, then Adam: running means of the gradient (m) and of its square
-    (v), both corrected for starting at zero, and the update lr * m_hat / (sqrt(v_hat) +
-    eps). Weight decay applies to every parameter (torch's default) or, as nanoGPT does,
-    to the matrices only (not to biases and LayerNorm weights)."""
-
-    def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
-                 decay="all"):
-        self.names, self.params = zip(*named_params)
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.weight_decay = [weight_decay if decay == "all" or p.data.ndim >= 2 else 0.0
-                             for p in self.params]
-        self.m = [np.zeros_like(p.data) for p in self.params]
-        self.v = [np.zeros_like(p.data) for p in self.params]
-        self.t = 0  # steps taken, for the bias corrections
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-    def step(self, lr=None):
-        lr = self.lr if lr is None else lr
-        beta1, beta2 = self.betas
-        self.t += 1
-        step_size = lr / (1 - beta1**self.t)              # lr / bias correction 1
-        bias_correction2_sqrt = math.sqrt(1 - beta2**self.t)
-        for p, m, v, wd in zip(self.params, self.m, self.v, self.weight_decay):
-            g = p.grad
-            if g is None:
-                continue
-            if wd:
-                p.data *= 1 - lr * wd                      # decoupled weight decay
-            m += (1 - beta1) * (g - m)                     # m = beta1 m + (1-beta1) g
-            v *= beta2
-            v += (1 - beta2) * g * g                       # v = beta2 v + (1-beta2) g^2
-            denom = np.sqrt(v)
-            denom /= bias_correction2_sqrt
-            denom += self.eps
-            p.data -= step_size * m / denom
-
-    def state(self):
-        """Arrays for a checkpoint."""
-        arrays = {"adam.t": np.array(self.t)}
-        for name, m, v in zip(self.names, self.m, self.v):
-            arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"] = m, v
-        return arrays
-
-    def load_state(self, arrays):
-        self.t = int(arrays["adam.t"])
-        for name, m, v in zip(self.names, self.m, self.v):
-            m[...], v[...] = arrays[f"adam.m.{name}"], arrays[f"adam.v.{name}"]
-
-
-def clip_grad_norm_(params, max_norm):
-    """Scale all gradients down together if their global norm exceeds max_norm (a rare
-    huge gradient then cannot throw the weights far). Returns the norm before."""
-    total = math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel()))
-                          for p in params if p.grad is not None))
-    coef = max_norm / (total + 1e-6)
-    if coef < 1:
-        for p in params:
-            if p.grad is not None:
-                p.grad = p.grad * np.asarray(coef, dtype=p.grad.dtype)
-    return total
-
-
-def gate_stats(model, X, mask):
-    """The gate that decides how much of the old state survives a step, at the real
-    positions (mask) of a batch of names or text: the LSTM's forget gate f, the GRU's
-    update gate z; the RNN has no gate, so its hidden values tanh(.) stand in. Returns the
-    first layer's values there, flattened (float16: only for histograms)."""
-    record = {}
-    with no_grad():
-        model(X, record=record)
-    key = {"lstm": "f", "gru": "z", "rnn": "h"}[model.cell]
-    return record[0][key][mask].astype(np.float16)               # (positions, H)
-
-
-def train(cfg, model, optimizer, ds, g, quiet=False):
-    """Minibatches of names, or consecutive chunks of text (truncated BPTT: the state is
-    carried from chunk to chunk); forward, backward, gradient clipping, AdamW; the
-    held-out loss every eval_interval steps. Returns the history."""
-    params = model.parameters()
-    hist = dict(loss=[], grad_norm=[], eval_steps=[], eval_loss=[], gate_steps=[], gates=[])
-    names = ds["kind"] == "names"
-    if names:
-        Xtr, Ytr, Ltr = ds["train"]
-        Xgate = ds["test"][0][:256]                   # a fixed batch for the gate statistics
-        gate_mask = ds["test"][1][:256] >= 0
-    else:
-        streams = TextStreams(ds["train"], cfg.batch_size, cfg.bptt)
-        Xgate = ds["test"][:16 * 256].reshape(16, 256)
-        gate_mask = np.ones(Xgate.shape, dtype=bool)
-    progress = cli.Progress(cfg.steps, every=cfg.eval_interval, quiet=quiet)
-    state, eval_seconds = None, 0.0
-    for step in range(cfg.steps + 1):
-        if step % cfg.eval_interval == 0 or step == cfg.steps:  # before step `step`
-            start = time.perf_counter()
-            hist["eval_steps"].append(step)
-            hist["eval_loss"].append(evaluate(model, ds, cfg))
-            hist["gate_steps"].append(step)
-            hist["gates"].append(gate_stats(model, Xgate, gate_mask))
-            eval_seconds += time.perf_counter() - start
-        if step == cfg.steps:
-            break
-        if names:
-            X, Y = name_batch(Xtr, Ytr, Ltr, cfg.batch_size, g)
-            state = None                      # every name starts from the initial state
-        else:
-            X, Y, reset = streams.next()
-            if reset:
-                state = None
-        logits, state = model(X, state, fused=cfg.fused)      # (B, T, V)
-        loss = sequence_loss(logits, Y)
-        lr = get_lr(cfg, step)
-        optimizer.zero_grad()
-        loss.backward()
-        norm = clip_grad_norm_(params, cfg.grad_clip or math.inf)  # (inf: only measure)
-        optimizer.step(lr)
-        hist["loss"].append(cli.finite(loss.item()))
-        hist["grad_norm"].append(norm)
-        progress.update(step, hist["loss"][-1], lr,
-                        extra=f"held-out {hist['eval_loss'][-1]:.4f}")
-    hist["eval_seconds"] = eval_seconds
-    hist["train_seconds"] = progress.elapsed - eval_seconds
-    return hist
-
-
-def save_checkpoint(path, cfg, model, optimizer, g, history, extra):
-    """The model, the optimizer's state and the generator's state (.npz), with the config
-    and progress (.json), so --resume continues exactly where the run was."""
-    arrays = {f"model.{name}": p.data for name, p in model.named_parameters()}
-    arrays.update(optimizer.state())
-    arrays["rng.state"] = g.get_state()
-    cli.save_checkpoint(path, arrays, dict(config=asdict(cfg), history=history, **extra))
-
-
-def load_checkpoint(path):
-    """(arrays, saved config dict, metadata) of a checkpoint; damaged files are a
-    one-line error."""
-    arrays, meta = cli.load_checkpoint(path)
-    try:
-        saved = Config(**meta["config"])
-        saved.check()
-    except (KeyError, TypeError, cli.UserError):
-        raise cli.UserError(f"checkpoint {path} does not hold this stage's config; train "
-                            f"again to rewrite it") from None
-    return arrays, saved, meta
-
-
-def load_model_state(model, arrays, path):
-    for name, p in model.named_parameters():
-        a = arrays.get(f"model.{name}")
-        if a is None or a.shape != p.data.shape:
-            raise cli.UserError(f"checkpoint {path} does not match the model ({name}); "
-                                f"train again to rewrite it")
-        p.data = a.astype(np.float32)
-
-
-def evaluate(model, ds, cfg):
-    """The held-out loss: the 1,000 test names, or the validation text."""
-    if ds["kind"] == "names":
-        return evaluate_names(model, *ds["test"])
-    return evaluate_text(model, ds["test"])
-
-
-def gradient_through_time(model, seq):
-    """How strongly the loss at the LAST position depends on the input t steps earlier:
-    the norm of dL/dx_t (x_t the embedding read at step t), averaged over the batch;
-    seq (B, T + 1) holds T inputs and, last, the character to predict. In a vanilla RNN it
-    shrinks roughly geometrically with the distance (each step back multiplies by W_h and
-    by tanh's slope, < 1): the vanishing gradient. The gated cells let more of it through."""
-    emb = embedding(model.wte.weight, seq[:, :-1])                # (B, T, E)
-    logits, _ = model.from_embeddings(emb)
-    loss = cross_entropy(logits[:, -1], seq[:, -1])               # the last position only
-    loss.backward()
-    return np.linalg.norm(emb.grad, axis=2).mean(axis=0)          # (T,)
-
-
-# %% Sampling
-def next_token_probs(logits, temperature=1.0, top_k=0):
-    """softmax(logits / temperature) over the top_k largest logits (all if 0), per row.
-    A temperature below 1 sharpens the distribution toward the likeliest characters, above
-    1 flattens it; top-k removes the long tail of unlikely characters entirely."""
-    logits = logits / temperature                                # (B, V)
-    if top_k and top_k < logits.shape[1]:
-        kth = np.sort(logits, axis=1)[:, -top_k][:, None]        # k-th largest per row
-        logits = np.where(logits < kth, -np.inf, logits)
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))       # exp(-inf) = 0
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def generate(model, prompt, max_new, g, temperature=1.0, top_k=0, greedy=False, stop=None):
-    """Extend every row of `prompt` (B, T0) by up to max_new tokens, one step at a time.
-    A recurrent model reads the prompt once and then only its last token and the carried
-    state: each step costs the same however long the text already is (a transformer
-    re-reads its whole context window). `greedy` takes the likeliest token every time;
-    rows stop early once they produced `stop` (all rows: the loop ends)."""
-    out = np.array(prompt, dtype=np.int64).reshape(len(prompt), -1)  # (B, T0)
-    done = np.zeros(len(out), dtype=bool)
-    with no_grad():
-        logits, state = model(out)
-        for _ in range(max_new):
-            last = logits.data[:, -1].astype(np.float64)         # (B, V)
-            if greedy:
-                ix = last.argmax(axis=1)
-            else:
-                probs = next_token_probs(last, temperature, top_k)
-                ix = rng.multinomial(probs, num_samples=1, generator=g)[:, 0]
-            ix = np.where(done, stop if stop is not None else 0, ix)
-            out = np.concatenate([out, ix[:, None]], axis=1)
-            if stop is not None:
-                done |= ix == stop
-                if done.all():
-                    break
-            logits, state = model(ix[:, None], state)            # one step, state carried
-    return out
-
-
-def sample_names(model, n, g, stoi, itos, temperature=1.0, top_k=0, greedy=False, prompt=""):
-    """n names: start from the start token (and the prompt's letters), stop at '.', at
-    most 15 letters in all (makemore's longest name)."""
-    start = [0] + [stoi[ch] for ch in prompt]
-    if n == 0:
-        return []
-    rows = generate(model, [start] * n, BLOCK_SIZE - len(start), g, temperature, top_k,
-                    greedy, stop=0)
-    names = []
-    for row in rows[:, 1:].tolist():
-        row = row[:row.index(0) + 1] if 0 in row else row
-        names.append("".join(itos[i] for i in row))
-    return names
-
-
-def sample_text(model, n_chars, g, stoi, itos, temperature=1.0, top_k=0, greedy=False,
-                prompt="\n"):
-    """One passage of n_chars characters after the prompt."""
-    start = [stoi[ch] for ch in prompt]
-    row = generate(model, [start], n_chars, g, temperature, top_k, greedy)[0]
-    return "".join(itos[i] for i in row.tolist())
-
-
-def check_prompt(prompt, stoi, dataset):
-    """A prompt must use the dataset's characters (names: the letters a-z, and leave room
-    for at least one more letter)."""
-    allowed = set(stoi) - {"."} if dataset == "names" else set(stoi)
-    unknown = "".join(sorted(set(prompt) - allowed))
-    if unknown:
-        raise cli.UserError(f"--prompt has characters outside the {dataset} vocabulary: "
-                            f"{unknown!r}")
-    if dataset == "names" and len(prompt) >= BLOCK_SIZE - 1:
-        raise cli.UserError(f"--prompt is {len(prompt)} letters; names have at most "
-                            f"{BLOCK_SIZE - 1}")
-
-
-# %% Figures
-CELL_COLORS = {"rnn": "tab:red", "gru": "tab:blue", "lstm": "tab:green"}
-
-
-def smooth(values, n=100):
-    """Means over consecutive blocks of n values, and the block centres."""
-    m = len(values) // n * n
-    if m == 0:
-        return np.arange(len(values)), np.asarray(values)
-    return np.arange(m // n) * n + n / 2, np.asarray(values[:m]).reshape(-1, n).mean(1)
-
-
-def plot_losses(hists, held_out, path):
-    """Training loss (mean over 100 steps, thin) and held-out loss (thick) per cell."""
-    plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for cell, hist in hists.items():
-        color = CELL_COLORS[cell]
-        ax.plot(*smooth(hist["loss"]), color=color, lw=0.8, alpha=0.5)
-        ax.plot(hist["eval_steps"], hist["eval_loss"], color=color, lw=2,
-                label=f"{cell.upper()}: {held_out} {hist['eval_loss'][-1]:.4f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (thin: training, mean of 100 steps)")
-    finals = [h["eval_loss"][-1] for h in hists.values()]
-    ax.set_ylim(min(finals) - 0.15, min(finals) + 1.0)
-    ax.legend(title=f"{held_out} loss")
-    ax.grid(alpha=0.3)
-    cli.save_figure(fig, path)
-
-
-def plot_gradient_through_time(curves, path):
-    """||dL/dx_t|| against the distance from the predicted position, log scale: one line per
-    trained cell (solid) and at initialisation (dashed)."""
-    plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (cell, when), norms in curves.items():
-        back = np.arange(len(norms))[::-1]                  # steps back from the end
-        ax.semilogy(back, norms, color=CELL_COLORS[cell], ls="-" if when == "trained" else "--",
-                    label=f"{cell.upper()} ({when})")
-    ax.set_xlabel("steps back from the predicted character")
-    ax.set_ylabel("mean ||dL / dx_t|| (the input's embedding)")
-    ax.set_title("how far back the gradient reaches")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    cli.save_figure(fig, path)
-
-
-GATE_NAME = {"lstm": "forget gate f", "gru": "update gate z", "rnn": "hidden state tanh(.)"}
-
-
-def saturation(values, cell):
-    """The fraction of gate values stuck near 0 or 1 (< 0.05 or > 0.95), or of RNN hidden
-    values near -1 or 1 (|h| > 0.95): where tanh and sigmoid are flat, little gradient
-    passes through the unit itself (a gate near 1 passes the old state unchanged)."""
-    v = np.abs(values) if cell == "rnn" else np.minimum(values, 1 - values)
-    return float((v > 0.95).mean()) if cell == "rnn" else float((v < 0.05).mean())
-
-
-def plot_gates(hists, path):
-    """Per cell: histograms of the gate's values at several points of training, and the
-    saturated fraction over training."""
-    plt = cli.pyplot()
-    fig, axes = plt.subplots(len(hists), 2, figsize=(10, 3.2 * len(hists)), squeeze=False)
-    for row, (cell, hist) in zip(axes, hists.items()):
-        steps, gates = hist["gate_steps"], hist["gates"]
-        cmap = plt.get_cmap("viridis")
-        lo = -1 if cell == "rnn" else 0
-        shown = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 6)).round())
-        for j, k in enumerate(shown.astype(int)):  # at most 6 histograms, evenly spaced
-            row[0].hist(gates[k].ravel(), bins=50, range=(lo, 1), histtype="step",
-                        density=True, color=cmap(j / max(1, len(shown) - 1)),
-                        label=f"step {steps[k]}")
-        row[0].set_title(f"{cell.upper()}: {GATE_NAME[cell]}")
-        row[0].legend(fontsize=7)
-        row[1].plot(steps, [saturation(v, cell) for v in gates], marker="o",
-                    color=CELL_COLORS[cell])
-        row[1].set_ylim(0, 1)
-        row[1].set_title("fraction saturated (" + ("|h| > 0.95)" if cell == "rnn"
-                                                   else "< 0.05 or > 0.95)"))
-        row[1].set_xlabel("step")
-        row[1].grid(alpha=0.3)
-    fig.tight_layout()
-    cli.save_figure(fig, path)
-
-
-def plot_hidden_state(model, text, stoi, path):
-    """Heat map of the first layer's hidden state (units x time) while reading `text`,
-    with the gate (z or f) below it for the gated cells."""
-    record = {}
-    with no_grad():
-        model(np.array([[stoi[ch] for ch in text]]), record=record)
-    panels = [("hidden state h", record[0]["h"][0].T, "RdBu_r", -1, 1)]
-    if model.cell != "rnn":
-        key = "z" if model.cell == "gru" else "f"
-        panels.append((GATE_NAME[model.cell], record[0][key][0].T, "viridis", 0, 1))
-    plt = cli.pyplot()
-    width = min(16, max(7, 3 + 0.22 * len(text)))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels)), squeeze=False)
-    for ax, (title, values, cmap, lo, hi) in zip(axes[:, 0], panels):
-        im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
-                       interpolation="nearest")
-        ax.set_xticks(range(len(text)))
-        ax.set_xticklabels([repr(ch)[1:-1] if ch in "\n\t" else ch for ch in text],
-                           fontsize=7 if len(text) > 40 else 10)
-        ax.set_ylabel("unit")
-        ax.set_title(f"{model.cell.upper()} {title}, reading {text[:40]!r}"
-                     + ("..." if len(text) > 40 else ""))
-        fig.colorbar(im, ax=ax, fraction=0.03)
-    axes[-1, 0].set_xlabel("character read at this step")
-    fig.tight_layout()
-    cli.save_figure(fig, path)
-
-
-# %% Main
-def describe_data(ds):
-    if ds["kind"] == "names":
-        n_tr, n_te = len(ds["train_words"]), len(ds["test_words"])
-        print(f"{n_tr + n_te} names -> {n_tr} train, {n_te} test (the last {TEST_NAMES} of the "
-              f"lectures' shuffle); vocabulary {ds['vocab_size']}, block {BLOCK_SIZE}")
-        show_examples(ds["train"][0], ds["train"][1], ds["itos"])
-    else:
-        print(f"tiny Shakespeare: {len(ds['train'])} train, {len(ds['test'])} validation "
-              f"characters; vocabulary {ds['vocab_size']}")
-
-
-def probe_sequences(ds, n=64, length=48):
-    """Inputs for the gradient-through-time figure: n rows of length + 1 tokens of held-out
-    text (names: test names joined by '.')."""
-    if ds["kind"] == "names":
-        stream = np.array([0] + [ds["stoi"][ch] for ch in ".".join(ds["test_words"]) + "."])
-    else:
-        stream = ds["test"]
-    starts = np.linspace(0, len(stream) - length - 2, n).astype(int)
-    return np.stack([stream[s:s + length + 1] for s in starts])
-
-
-def grad_curve(model, seq):
-    """gradient_through_time on seq, leaving the parameters' gradients clean."""
-    norms = gradient_through_time(model, seq)
-    for p in model.parameters():
-        p.grad = None
-    return norms
-
-
-def train_cell(cfg, ds, quiet=False):
-    """Build, train and evaluate one model; returns (model, optimizer, generator, history,
-    summary dict)."""
-    g = rng.Generator(cfg.seed)
-    model = RecurrentLM(cfg, ds["vocab_size"], g)
-    n_params = sum(p.data.size for p in model.parameters())
-    print(f"\n== {cfg.cell.upper()}: {cfg.n_layer} layer(s), n_embd {cfg.n_embd}, hidden "
-          f"{cfg.n_hidden}, {cfg.init_state} initial state: {n_params:,} parameters")
-    schedule = f"{cfg.warmup_steps} warmup steps, cosine decay to {cfg.min_lr:g}" \
-        if cfg.schedule == "cosine" else "constant"
-    print(f"  {cfg.steps:,} steps of {cfg.batch_size} "
-          + ("names" if ds["kind"] == "names" else f"x {cfg.bptt} characters (truncated BPTT)")
-          + f": AdamW lr {cfg.lr:g} ({schedule}), betas (0.9, {cfg.beta2}), weight decay "
-          f"{cfg.weight_decay:g}, gradient clipping {cfg.grad_clip or 'off'}")
-    seq = probe_sequences(ds)
-    grad_init = grad_curve(model, seq)
-    optimizer = AdamW(model.named_parameters(), cfg.lr, betas=(0.9, cfg.beta2),
-                      weight_decay=cfg.weight_decay, decay="all")  # makemore: decay on all
-    hist = train(cfg, model, optimizer, ds, g, quiet=quiet)
-    ms = 1000 * hist["train_seconds"] / max(1, cfg.steps)
-    held_out = hist["eval_loss"][-1]
-    print(f"  {hist['train_seconds']:.1f}s training ({ms:.2f} ms/step) + "
-          f"{hist['eval_seconds']:.1f}s evaluating; "
-          f"{'test' if ds['kind'] == 'names' else 'val'} loss {held_out:.4f}")
-    grad_trained = grad_curve(model, seq)
-    reach = {when: (norms[-16] / norms[-1], norms[0] / norms[-1])
-             for when, norms in (("init", grad_init), ("trained", grad_trained))}
-    print(f"  gradient reaching 15 and {len(seq[0]) - 2} steps back (relative to the last "
-          f"input): {reach['trained'][0]:.1e} and {reach['trained'][1]:.1e} "
-          f"(at initialisation {reach['init'][0]:.1e} and {reach['init'][1]:.1e})")
-    gate_saturation = saturation(hist["gates"][-1], cfg.cell)
-    print(f"  {GATE_NAME[cfg.cell]}: {100 * gate_saturation:.0f}% saturated after training")
-    summary = dict(cell=cfg.cell, n_params=n_params, held_out=held_out, ms_per_step=ms,
-                   seconds=hist["train_seconds"], grad_init=grad_init,
-                   grad_trained=grad_trained, reach=reach, saturation=gate_saturation)
-    return model, optimizer, g, hist, summary
-
-
-def show_samples(cfg, model, ds):
-    """Samples at the chosen temperature / top-k, then colder, hotter and greedy ones."""
-    g = rng.Generator(cfg.seed + 10)
-    stoi, itos = ds["stoi"], ds["itos"]
-    out = {}
-    if ds["kind"] == "names":
-        def draw(n, **kw):
-            return sample_names(model, n, g, stoi, itos, prompt=cfg.prompt, **kw)
-        out["samples"] = draw(cfg.samples, temperature=cfg.temperature, top_k=cfg.top_k)
-        known = set(ds["train_words"])
-        n_known = sum(s[:-1] in known for s in out["samples"])
-        print(f"\n== Samples (temperature {cfg.temperature}"
-              + (f", top-k {cfg.top_k}" if cfg.top_k else "") + f"; {n_known} of "
-              f"{len(out['samples'])} are names from the training set)\n  "
-              + " ".join(out["samples"]))
-        out["cold"] = draw(10, temperature=0.5)
-        out["hot"] = draw(10, temperature=1.5)
-        out["greedy"] = draw(5, greedy=True)
-        print("  temperature 0.5: " + " ".join(out["cold"]))
-        print("  temperature 1.5: " + " ".join(out["hot"]))
-        print("  greedy (always the likeliest letter): " + " ".join(out["greedy"])
-              + "  <- the same name every time")
-    else:
-        prompt = cfg.prompt or "\n"
-        out["samples"] = [sample_text(model, cfg.max_new_tokens, g, stoi, itos,
-                                      cfg.temperature, cfg.top_k, prompt=prompt)
-                          for _ in range(min(cfg.samples, 1))]
-        out["greedy"] = [sample_text(model, 300, g, stoi, itos, greedy=True, prompt=prompt)]
-        for s in out["samples"]:
-            print(f"\n== Sample (temperature {cfg.temperature}"
-                  + (f", top-k {cfg.top_k}" if cfg.top_k else "") + ")\n" + s)
-        print("\n== Greedy (always the likeliest character): it falls into a loop\n"
-              + out["greedy"][0])
-    return out
-
-
-def sample_main(cfg, ds):
-    """--sample: load the checkpoint in --out and sample from it."""
-    path = Path(cfg.out) / "ckpt.npz"
-    arrays, saved, meta = load_checkpoint(path)
-    if saved.dataset != cfg.dataset:
-        raise cli.UserError(f"checkpoint {path} was trained on {saved.dataset}; "
-                            f"add --dataset {saved.dataset}")
-    model = RecurrentLM(saved, ds["vocab_size"], rng.Generator(saved.seed))
-    load_model_state(model, arrays, path)
-    print(f"[{path}: {saved.cell.upper()}, step {meta.get('step')}, "
-          f"{'test' if saved.dataset == 'names' else 'val'} loss "
-          f"{meta.get('held_out', float('nan')):.4f}]")
-    return dict(config=asdict(saved), **show_samples(cfg, model, ds))
-
-
-def compare_cells(cfg, ds, out, held_out):
-    """--compare: the three cells, trained alike; one table, one loss plot."""
-    hists, results = {}, {}
-    for cell in ("rnn", "gru", "lstm"):
-        *_, hists[cell], results[cell] = train_cell(replace(cfg, cell=cell), ds)
-    print(f"\n== Comparison ({cfg.steps} steps each)\n  cell  parameters  {held_out} loss"
-          f"  ms/step")
-    for r in results.values():
-        print(f"  {r['cell']:4s}  {r['n_params']:10,d}  {r['held_out']:9.4f}  "
-              f"{r['ms_per_step']:7.2f}")
-    files = []
-    if cfg.plots:
-        plot_losses(hists, held_out, out / "compare.png")
-        plot_gates({c: hists[c] for c in ("gru", "lstm", "rnn")}, out / "gates.png")
-        plot_gradient_through_time(
-            {(c, w): results[c][f"grad_{w}"] for c in results for w in ("init", "trained")},
-            out / "gradient_through_time.png")
-        files = [str(out / f) for f in ("compare.png", "gates.png",
-                                        "gradient_through_time.png")]
-        print(f"\nwrote {', '.join(files)}")
-    return dict(config=asdict(cfg), results=results, files=files,
-                histories={c: {k: h[k] for k in ("loss", "eval_steps", "eval_loss")}
-                           for c, h in hists.items()})
-
-
-def main(argv=None) -> dict:
-    cfg = cli.parse_config(Config, argv, __doc__, prog="08_lstm_gru/train.py")
-    ds = load_dataset(cfg)
-    check_prompt(cfg.prompt, ds["stoi"], ds["kind"])
-    if cfg.sample:
-        return sample_main(cfg, ds)
-    describe_data(ds)
-    out = cli.out_dir(cfg.out)
-    held_out = "test" if ds["kind"] == "names" else "val"
-    if cfg.compare:
-        return compare_cells(cfg, ds, out, held_out)
-
-    model, optimizer, g, hist, result = train_cell(cfg, ds)
-    samples = show_samples(cfg, model, ds)
-    history = {k: hist[k] for k in ("loss", "eval_steps", "eval_loss")}
-    save_checkpoint(out / "ckpt.npz", cfg, model, optimizer, g, history,
-                    dict(step=cfg.steps, held_out=result["held_out"]))
-    files = [str(out / "ckpt.npz")]
-    if cfg.plots:
-        plot_losses({cfg.cell: hist}, held_out, out / "loss.png")
-        plot_gates({cfg.cell: hist}, out / "gates.png")
-        plot_gradient_through_time({(cfg.cell, "init"): result["grad_init"],
-                                    (cfg.cell, "trained"): result["grad_trained"]},
-                                   out / "gradient_through_time.png")
-        if ds["kind"] == "names":  # the longest sampled name, with its start token
-            text = "." + max(samples["samples"] or [ds["test_words"][0] + "."], key=len)
-        else:
-            text = "".join(ds["itos"][i] for i in ds["test"][:80])
-        plot_hidden_state(model, text, ds["stoi"], out / "hidden_state.png")
-        files += [str(out / f) for f in ("loss.png", "gates.png", "gradient_through_time.png",
-                                         "hidden_state.png")]
-    print(f"\nwrote {', '.join(files)}")
-    return dict(config=asdict(cfg), **result, loss=hist["loss"], grad_norm=hist["grad_norm"],
-                eval_steps=hist["eval_steps"], eval_loss=hist["eval_loss"], files=files,
-                **samples)
 
 
 if __name__ == "__main__":

@@ -154,8 +154,8 @@ def test_cells_match_pytorch(cell):
 
 # -- truncated backpropagation through time --
 
-def small_model(cell, n_layer=2, dtype=np.float64, vocab_size=7):
-    cfg = stage.Config(cell=cell, n_embd=5, n_hidden=4, n_layer=n_layer)
+def small_model(cell, n_layer=2, dtype=np.float64, vocab_size=7, fused=False):
+    cfg = stage.Config(cell=cell, n_embd=5, n_hidden=4, n_layer=n_layer, fused=fused)
     model = stage.RecurrentLM(cfg, vocab_size, stage.rng.Generator(1))
     for p in model.parameters():
         p.data = p.data.astype(dtype)
@@ -168,9 +168,9 @@ def test_carried_chunks_equal_one_long_forward(cell, fused_op):
     model = small_model(cell)
     X = np.random.default_rng(0).integers(0, 7, (3, 12))
     with stage.no_grad():
-        whole, end = model(X, fused=fused_op)
-        first, state = model(X[:, :5], fused=fused_op)
-        second, end2 = model(X[:, 5:], state, fused=fused_op)
+        whole, end = model(X)
+        first, state = model(X[:, :5])
+        second, end2 = model(X[:, 5:], state)
     np.testing.assert_allclose(np.concatenate([first.data, second.data], 1), whole.data,
                                rtol=0, atol=1e-14)
     for (h, c), (h2, c2) in zip(end, end2):  # the same final state to carry on from
@@ -184,8 +184,8 @@ def test_no_gradient_reaches_the_previous_chunk(cell, fused_op):
     model = small_model(cell)
     X1 = np.full((2, 4), 6)                          # token 6 appears only in chunk 1
     X2 = np.random.default_rng(1).integers(0, 6, (2, 4))
-    logits1, state = model(X1, fused=fused_op)
-    logits2, _ = model(X2, state, fused=fused_op)
+    logits1, state = model(X1)
+    logits2, _ = model(X2, state)
     stage.sequence_loss(logits2, X2).backward()
     assert logits1.grad is None                      # chunk 1's graph was cut off
     assert not model.wte.weight.grad[6].any()               # its inputs got nothing
@@ -193,8 +193,8 @@ def test_no_gradient_reaches_the_previous_chunk(cell, fused_op):
     # the carried state was a constant: the gradient equals one from a detached restart
     grads = {k: p.grad.copy() for k, p in model.named_parameters() if p.grad is not None}
     fresh = small_model(cell)
-    logits2b, _ = fresh(X2, [tuple(None if a is None else a.copy() for a in s) for s in state],
-                        fused=fused_op)
+    logits2b, _ = fresh(X2, [tuple(None if a is None else a.copy() for a in s)
+                             for s in state])
     stage.sequence_loss(logits2b, X2).backward()
     for k, p in fresh.named_parameters():
         if k in grads:
@@ -348,8 +348,10 @@ def test_seeded_run_is_pinned(result):
 
 
 def test_checkpoint_written_and_sampled(result):
-    arrays, saved, meta = stage.load_checkpoint(result["files"][0])
+    saved, meta = stage.load_checkpoint(result["files"][0])
     assert saved.cell == "gru" and meta["step"] == 300
+    with np.load(result["files"][0]) as z:
+        arrays = {k: z[k] for k in z.files}
     assert sorted(k for k in arrays if k.startswith("model.")) == [
         "model.layers.0.W", "model.layers.0.b", "model.layers.0.b_hn", "model.layers.0.h0",
         "model.lm_head.bias", "model.lm_head.weight", "model.wte.weight"]
@@ -359,11 +361,12 @@ def test_checkpoint_written_and_sampled(result):
     assert again["samples"] == result["samples"]  # same weights, same seed: same names
 
 
-def test_unfused_training_gives_the_same_run(tmp_out):
+def test_fused_training_gives_the_same_run(tmp_out):
+    """The default run (the cells op by op) and --fused (one op per layer) train alike."""
     a = stage.main(["--steps", "30", "--cell", "lstm", "--samples", "0", "--no-plots",
                     "--out", tmp_out])
     b = stage.main(["--steps", "30", "--cell", "lstm", "--samples", "0", "--no-plots",
-                    "--no-fused", "--out", tmp_out])
+                    "--fused", "--out", tmp_out])
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
 
 
@@ -393,3 +396,26 @@ def test_bad_input_is_one_line(args):
                                             "--no-plots", *args))
     if args[0] == "--prompt":
         assert "'Z'" in line
+
+
+def test_ctrl_c_keeps_the_model_trained_so_far(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a step: the step finishes, the model is saved at the step
+    it stopped at, and --sample works from it."""
+    import os
+    import signal
+    real, calls = stage.clip_grad_norm_, []
+
+    def clip_then_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+    monkeypatch.setattr(stage, "clip_grad_norm_", clip_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        stage.main(["--steps", "50", "--eval-interval", "100", "--no-plots",
+                    "--out", str(tmp_path)])
+    saved, meta = stage.load_checkpoint(tmp_path / "ckpt.npz")
+    assert meta["step"] == 5
+    monkeypatch.setattr(stage, "clip_grad_norm_", real)
+    assert len(stage.main(["--sample", "--samples", "3", "--out", str(tmp_path)])["samples"]) \
+        == 3

@@ -13,6 +13,11 @@ SHORT = {
     "05_backprop_ninja": ["--exercise", "4", "--steps", "50", "--samples", "2",
                           "--no-plots"],
     "06_wavenet": ["--steps", "50", "--samples", "2", "--no-plots"],
+    "07_gpt": ["--steps", "30", "--n-layer", "1", "--n-embd", "16", "--block-size", "8",
+               "--eval-interval", "100", "--eval-iters", "2", "--max-new-tokens", "5",
+               "--no-plots"],
+    "08_lstm_gru": ["--steps", "30", "--eval-interval", "100", "--samples", "2",
+                    "--no-plots"],
 }
 DIVERGE = {
     "02_bigram": ["--lr", "1e6"],
@@ -20,6 +25,8 @@ DIVERGE = {
     "04_batchnorm": ["--lr", "1e6", "--init", "original", "--no-batchnorm"],
     "05_backprop_ninja": ["--lr", "1e6"],
     "06_wavenet": ["--lr", "1e6"],
+    "07_gpt": ["--lr", "10", "--warmup-steps", "0", "--grad-clip", "0"],
+    "08_lstm_gru": ["--lr", "10", "--grad-clip", "0"],
 }
 
 
