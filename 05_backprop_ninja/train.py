@@ -740,7 +740,7 @@ class Tensor:
     closure holds the op's inputs and the arrays it needs, never its own result, so the
     graph has no reference cycles and each step's memory is freed as soon as it ends."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_retain",
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward_fn", "_op", "_retain",
                  "__weakref__")
 
     def __init__(self, data, requires_grad=False, _children=(), _op="", dtype=None):
@@ -760,6 +760,17 @@ class Tensor:
         self._backward = None
         self._op = _op
         self._retain = False
+
+    # Each op stores its closure in out._backward. With no graph to record (no input needs
+    # a gradient, or inside no_grad) it is dropped at once: the closure would keep the
+    # op's inputs alive, and with them every array of the forward pass.
+    @property
+    def _backward(self):
+        return self._backward_fn
+
+    @_backward.setter
+    def _backward(self, fn):
+        self._backward_fn = fn if self.requires_grad else None
 
     def _accumulate(self, grad):
         """grad += (the op's contribution), summed back to this tensor's shape. `+=`
