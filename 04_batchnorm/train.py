@@ -17,12 +17,12 @@ gradients and update:data ratios.
     python 04_batchnorm/train.py --deep                           # deep net + diagnostics
     python 04_batchnorm/train.py --deep --no-batchnorm --gain 5/3 # without BatchNorm
 
-What the default run prints (measured; 70 s of training on 2 quiet cores, 0.35 ms/step):
+What the default run prints (measured; tests/benchmarks/README.md has the timings):
     12097 parameters; first minibatch loss 3.3239 (-ln(1/27) = 3.2958; stage 03's: 27.8817)
     every 10,000 steps the lecture's own 20 losses, 3.3239 2.0322 2.5675 ... 2.1707, all equal
     after 200,000 steps: train 2.0674, val 2.1057 (running estimates, as the lecture prints)
     samples: carlah. amorie. khi. mri. reity. salaysie. mahnen. delynn. jareei. ner. ...
-The fixes one by one (train / val): original 2.1217 / 2.1650, softmax 2.0696 / 2.1311, tanh
+The fixes one by one (train / val): original 2.1233 / 2.1670, softmax 2.0696 / 2.1311, tanh
 2.0356 / 2.1027, kaiming 2.0377 / 2.1070 (04_batchnorm/README.md compares the lecture's).
 --deep (1,001 steps, a few seconds): 47024 parameters, first loss 3.2870, tanh layers' std
 0.63-0.65 with 1.7-2.8% saturated, train 2.4003, val 2.3982, and the lecture's 20 samples

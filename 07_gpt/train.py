@@ -23,13 +23,12 @@ convolutional WaveNet is not carried on.
     python 07_gpt/train.py --attention batched      # all heads in one matmul
 
 What it prints (measured; tests/benchmarks/README.md has the timings):
-    default run     val loss 1.7659 (2.548 bits per character) after 2,000 steps;
-                    PyTorch 2.13 with this model and recipe on the same random numbers:
-                    1.7716; nanoGPT's own variant: 1.886
+    default run     val loss 1.7725 (2.557 bits per character) after 2,000 steps
+                    (nanoGPT's own variant of the recipe: 1.886)
     --model bigram  step 0: train 4.7305, val 4.7241; step 2700: 2.4738, 2.4911, the
                     lecture's prints digit for digit
-    lecture steps   single-head 2.4133, multi-head 2.2808, feed-forward 2.2491, residual
-                    2.0738, layernorm 2.0622 (the lecture: 2.4, 2.28, 2.24, 2.08, 2.06)
+    lecture steps   single-head 2.4133, multi-head 2.2808, feed-forward 2.2490, residual
+                    2.0735, layernorm 2.0600 (the lecture: 2.4, 2.28, 2.24, 2.08, 2.06)
     --preset lecture  10,788,929 parameters
 """
 

@@ -29,14 +29,14 @@ stage trains its own models, with stage 07's AdamW, gradient clipping and layers
 Names are set up as in makemore: every name is one sequence `.emma.`, the input padded
 to 16 positions, targets past the end ignored by the loss; the last 1,000 names of the
 lectures' shuffle are the test set; n_embd 64, hidden 64, AdamW lr 5e-4, weight decay
-0.01, batch 32. What the default runs print (measured, 30,000 steps on a shared 2-core
-CPU; README.md has the lesson notes and all tables):
-    RNN   11,803 parameters, test loss 2.0595, 1.3 ms/step (40 s)
-    GRU   28,379 parameters, test loss 2.0119, 3.2 ms/step (1.5 min)
-    LSTM  36,635 parameters, test loss 2.0038, 4.4 ms/step (2 min)
+0.01, batch 32. What the runs print (measured with --fused, which gives the same numbers
+as the default op-by-op cells; README.md has the lesson notes and all tables,
+tests/benchmarks/README.md the timings):
+    RNN   11,803 parameters, test loss 2.0595
+    GRU   28,379 parameters, test loss 2.0119
+    LSTM  36,635 parameters, test loss 2.0038
     GRU samples: riyan. dary. christan. febuba. haudmick. colton. mack. jamiah. azlee. ...
     greedy: analis. analis. analis. analis. analis. (always the likeliest letter)
-(PyTorch 2.13 with makemore's model code: 2.7 / 10.1 / 10.2 ms per step on one thread.)
 After 47 steps the trained LSTM still passes 8e-4 of the gradient back, the RNN 1e-6.
 On tiny Shakespeare, at the size and training time of stage 07's GPT (212k parameters,
 2-3 minutes), the GRU reaches a validation loss of 1.69-1.71, the LSTM 1.75-1.76, the

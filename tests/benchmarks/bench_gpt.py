@@ -1,5 +1,6 @@
 """Stage 07 benchmark: training speed, generation speed and memory of the GPT, and the
-full default run.
+full default run, for both attention paths: each Head on its own (the default, as the
+lecture types it) and all heads at once (--attention batched).
 
     python tests/benchmarks/bench_gpt.py             # all but the table, ~8 minutes
     python tests/benchmarks/bench_gpt.py --quick     # speeds only, ~3 minutes
@@ -11,7 +12,8 @@ Measured, each in a fresh process:
     the minimum over repeats (the machine is shared: the minimum is the least disturbed);
   - tokens per second of sampling (500 tokens from the default model, 20 from the
     lecture's), and peak memory (resident set) of each process;
-  - the full default run `python 07_gpt/train.py`: final losses, ms per step, total time;
+  - the full default run `python 07_gpt/train.py` (and with --attention batched): final
+    losses, ms per step, total time;
   - with --table, the lecture's steps (--model bigram ... layernorm): final losses.
 The load average is printed with each number: timings on a busy machine are not
 comparable.
@@ -30,15 +32,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def worker(preset, steps, repeats, tokens):
+def worker(preset, attention, steps, repeats, tokens):
     """Runs inside the subprocess: time training steps and sampling, report JSON."""
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from conftest import load_stage
     stage = load_stage("07_gpt")
     from common import cli, data, rng
     cli.keep_freed_memory()
-    argv = ["--preset", preset]
-    cfg = stage.with_presets(stage.Config(preset=preset), argv)
+    cfg = cli.parse_config(stage.Config, ["--preset", preset, "--attention", attention],
+                           presets=stage.presets)
     text = data.load_shakespeare()
     tok = stage.CharTokenizer(sorted(set(text)))
     splits, _ = stage.load_splits(tok, text)
@@ -74,9 +76,9 @@ def load():
     return os.getloadavg()[0]
 
 
-def measure(preset, threads, steps, repeats, tokens):
+def measure(preset, threads, steps, repeats, tokens, attention="heads"):
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", preset, str(steps), str(repeats),
+    cmd = [sys.executable, __file__, "--worker", preset, attention, str(steps), str(repeats),
            str(tokens)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -103,14 +105,15 @@ def full_run(args, threads=None):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         import numpy as np  # noqa: F401  (after OPENBLAS_NUM_THREADS is set)
-        preset, steps, repeats, tokens = sys.argv[2], *map(int, sys.argv[3:6])
-        worker(preset, steps, repeats, tokens)
+        preset, attention, steps, repeats, tokens = *sys.argv[2:4], *map(int, sys.argv[4:7])
+        worker(preset, attention, steps, repeats, tokens)
         sys.exit(0)
     quick = "--quick" in sys.argv
     print(f"{os.cpu_count()} CPUs; load average {load():.2f} at the start")
-    for threads in (1, 2):
-        r = measure("cpu", threads, steps=10, repeats=8, tokens=500)
-        print(f"default model ({r['n_params']:,} parameters), {threads} BLAS thread(s): "
+    for threads, attention in ((1, "heads"), (1, "batched"), (2, "heads")):
+        r = measure("cpu", threads, steps=10, repeats=8, tokens=500, attention=attention)
+        print(f"default model ({r['n_params']:,} parameters), attention {attention}, "
+              f"{threads} BLAS thread(s): "
               f"{r['ms']:.1f} ms/step (median {r['ms_median']:.1f}); sampling "
               f"{r['tokens_per_second']:.0f} tokens/s; peak memory {r['peak_mb']:.0f} MB; "
               f"load {load():.2f}", flush=True)
@@ -120,11 +123,12 @@ if __name__ == "__main__":
           f"sampling {r['tokens_per_second']:.1f} tokens/s; peak memory "
           f"{r['peak_mb']:.0f} MB; load {load():.2f}", flush=True)
     if not quick:
-        r = full_run([])
-        print("\n".join(r["evals"]))
-        print(f"default run: train {r['train']:.4f}, val {r['val']:.4f}; {r['ms']:.1f} ms "
-              f"per training step; {r['seconds']:.0f}s in all; load {load():.2f}",
-              flush=True)
+        for args in ([], ["--attention", "batched"]):
+            r = full_run(args)
+            print("\n".join(r["evals"]))
+            print(f"default run {' '.join(args)}: train {r['train']:.4f}, val {r['val']:.4f}; "
+                  f"{r['ms']:.1f} ms per training step; {r['seconds']:.0f}s in all; load "
+                  f"{load():.2f}", flush=True)
     if "--table" in sys.argv:
         for model in ("bigram", "single-head", "multi-head", "feed-forward", "residual",
                       "layernorm"):
