@@ -3,7 +3,8 @@ no traceback, no hang, nothing half-written. A run that diverges stops with one 
 
 import pytest
 
-from conftest import assert_one_line_error, run_script
+from common import cli
+from conftest import assert_one_line_error, load_stage, run_script
 
 # a short run of each stage, and a learning rate that makes it diverge
 SHORT = {
@@ -39,11 +40,20 @@ def test_a_diverging_run_stops_with_one_line(stage, tmp_out):
 
 
 @pytest.mark.parametrize("stage", sorted(SHORT))
-@pytest.mark.parametrize("args", [["--out", ""], ["--lr", "inf"], ["--lr", "nan"],
-                                  ["--seed", "-1"], ["--steps", "1e3"]])
-def test_bad_flags_are_refused_up_front(stage, args, tmp_out):
-    r = run_script(f"{stage}/train.py", *SHORT[stage], *args)
-    assert_one_line_error(r)
+@pytest.mark.parametrize("args", [["--lr", "inf"], ["--lr", "nan"], ["--seed", "-1"],
+                                  ["--steps", "1e3"]])
+def test_bad_flags_are_refused_up_front(stage, args, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_config(load_stage(stage).Config, SHORT[stage] + args, prog="train.py")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error:"), err
+
+
+@pytest.mark.parametrize("stage", sorted(SHORT))
+def test_an_empty_output_folder_is_refused(stage):
+    assert "must not be empty" in assert_one_line_error(
+        run_script(f"{stage}/train.py", *SHORT[stage], "--out", ""))
 
 
 @pytest.mark.parametrize("stage", sorted(SHORT))
@@ -52,3 +62,34 @@ def test_an_unwritable_output_folder_is_refused_before_training(stage, tmp_path)
     r = run_script(f"{stage}/train.py", *SHORT[stage], "--out", str(tmp_path / "file" / "o"))
     assert "cannot write into output folder" in assert_one_line_error(r)
     assert "ms/step" not in r.stdout
+
+
+# flags that would ask for more memory than any machine has, per stage
+HUGE = {stage: [["--batch-size", "1000000000"]] for stage in SHORT if stage != "02_bigram"}
+for stage in ("03_mlp", "04_batchnorm", "05_backprop_ninja", "06_wavenet"):
+    HUGE[stage] += [["--n-embd", "1000000000"], ["--block-size", "1000000000"]]
+
+
+@pytest.mark.parametrize("stage,args", [(s, a) for s in sorted(HUGE) for a in HUGE[s]])
+def test_sizes_that_cannot_fit_are_refused_up_front(stage, args, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_config(load_stage(stage).Config, SHORT[stage] + args, prog="train.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be <=" in err[0], err
+
+
+def test_ctrl_c_keeps_the_model_trained_so_far(tmp_path, monkeypatch):
+    """Stages 03-06 save their model when Ctrl-C stops the training (here: stage 03)."""
+    stage = load_stage("03_mlp")
+    real, calls = stage.sgd_step, []
+
+    def step_then_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 1000 + 1000 + 20:  # after the two demos' 2,000 steps: training
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(stage, "sgd_step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        stage.main(["--steps", "100", "--no-plots", "--out", str(tmp_path)])
+    assert (tmp_path / "model.npz").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
