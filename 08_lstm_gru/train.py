@@ -508,17 +508,25 @@ class AdamW:
             if g is None:
                 continue
             self.t[i] += 1
-            step_size = lr / (1 - beta1**self.t[i])       # lr / bias correction 1
-            bias_correction2_sqrt = math.sqrt(1 - beta2**self.t[i])
+            t = int(self.t[i])
+            step_size = lr / (1 - beta1**t)                # lr / bias correction 1
+            bias_correction2_sqrt = math.sqrt(1 - beta2**t)
             if wd:
                 p.data *= 1 - lr * wd                      # decoupled weight decay
-            m += (1 - beta1) * (g - m)                     # m = beta1 m + (1-beta1) g
+            # torch's arithmetic, in place (every array of a big model is large)
+            tmp = np.subtract(g, m)                        # m = beta1 m + (1-beta1) g,
+            tmp *= 1 - beta1                               # as m += (1-beta1) (g - m)
+            m += tmp
+            np.multiply(g, 1 - beta2, out=tmp)             # v = beta2 v + (1-beta2) g^2
+            tmp *= g
             v *= beta2
-            v += (1 - beta2) * g * g                       # v = beta2 v + (1-beta2) g^2
+            v += tmp
             denom = np.sqrt(v)
             denom /= bias_correction2_sqrt
             denom += self.eps
-            p.data -= step_size * m / denom
+            np.multiply(m, step_size, out=tmp)             # p -= step_size * m / denom
+            tmp /= denom
+            p.data -= tmp
 
     def state(self):
         """Arrays for a checkpoint."""
