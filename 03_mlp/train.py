@@ -242,10 +242,10 @@ def show_overflow():
     logits = Tensor(np.array([[-5.0, -3.0, 0.0, 100.0]], dtype=np.float32))
     with np.errstate(over="ignore", invalid="ignore"):
         manual = manual_loss(logits, np.array([3])).item()
-    fused = cross_entropy(logits, np.array([3])).item() + 0.0  # no "-0.0"
+    stable = cross_entropy(logits, np.array([3])).item() + 0.0  # no "-0.0"
     print(f"  logits [-5, -3, 0, 100], target 3: manual softmax+NLL {manual}, "
-          f"cross_entropy {fused:.4f}")
-    return manual, fused
+          f"cross_entropy {stable:.4f}")
+    return manual, stable
 
 
 def main(argv=None) -> dict:
@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
     n_params = sum(p.data.size for p in params)
     print(f"\n== Model: embedding {cfg.n_embd}, hidden {cfg.n_hidden}: {n_params} parameters")
     lookup_ok = show_lookup_equivalence(params[0])
-    manual, fused = show_overflow()
+    manual, stable = show_overflow()
     overfit = overfit_one_batch(cfg, Xtr[:32], Ytr[:32])
     print(f"  overfitting one batch of 32 examples: loss {overfit:.4f} after 1000 steps")
     lre, lr_losses = find_learning_rate(cfg, Xtr, Ytr)
@@ -296,7 +296,7 @@ def main(argv=None) -> dict:
     print(f"\nwrote {', '.join(files)}")
     return dict(config=asdict(cfg), sizes=(len(Xtr), len(Xdev), len(Xte)),
                 n_params=n_params, lookup_equivalent=lookup_ok, manual_overflow=manual,
-                fused_large_logits=fused, overfit_loss=overfit, lr_finder=(lre, lr_losses),
+                stable_large_logits=stable, overfit_loss=overfit, lr_finder=(lre, lr_losses),
                 lossi=lossi, **final, samples=names, seconds=seconds, files=files)
 
 
