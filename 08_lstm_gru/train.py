@@ -1049,8 +1049,9 @@ def main(argv=None) -> dict:
 
 # %% Engine
 # Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
-# file like a library; each stage carries it forward unchanged and appends what its
-# lecture needs in a cell of its own ("Engine: new in stage NN").
+# file like a library; each stage carries it forward unchanged and adds what its lecture
+# needs: Tensor methods under "# -- new in stage NN" at the end of the class, functions in
+# a cell of their own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
 
