@@ -617,3 +617,28 @@ def test_sampling_into_a_closed_pipe_is_quiet(tiny_run):
                        f"--max-new-tokens 3000 | head -c 10", shell=True, cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.stderr == "" and len(r.stdout) == 10
+
+
+def test_sigterm_saves_the_step_and_leaves_no_temporary_file(tmp_path):
+    """`kill` (SIGTERM) stops like Ctrl-C: the step in progress finishes, the checkpoint is
+    written whole (no .tmp file is left), and --resume takes it up."""
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    cmd = [sys.executable, "07_gpt/train.py", *TINY, "--steps", "100000", "--no-plots",
+           "--eval-interval", "100000", "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    for line in p.stdout:  # wait until training runs
+        if line.startswith("step 0:"):
+            break
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and stderr.strip() == "interrupted"
+    assert "--resume continues" in stdout
+    assert sorted(f.name for f in out.iterdir()) == ["ckpt.npz"]
+    step = stage.load_checkpoint(out / "ckpt.npz")[1]["step"]
+    resumed = stage.main(["--resume", "--steps", str(step + 2), "--eval-interval", "1",
+                          "--out", str(out)])
+    assert len(resumed["lossi"]) == step + 2  # the history goes on
