@@ -55,7 +55,9 @@ class Config:
                            min=2, max=100_000)
     noise: float = cli.arg(0.1, "standard deviation of the noise added to the points", min=0)
     out: str = cli.arg("out/01_micrograd", "output folder for figures and graph.dot")
-    plots: bool = cli.arg(True, "write the PNG figures")
+    plots: bool = cli.arg(True, "write the figures")
+    format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
+                                 "on slides", choices=cli.FIGURE_FORMATS)
 
 
 # %% Data
@@ -690,7 +692,7 @@ def main(argv=None) -> dict:
     files = [out / "graph.dot"]
     cli.write_text(files[0], graph_to_dot(neuron, "o = tanh(x1*w1 + x2*w2 + b)"))
     if cfg.plots:
-        figures = [out / "moons.png", out / "curves.png", out / "graph.png"]
+        figures = [out / f"moons.{cfg.format}", out / f"curves.{cfg.format}", out / f"graph.{cfg.format}"]
         plot_moons(model, X, y, figures[0])
         plot_curves(losses, accuracies, figures[1])
         draw_graph(neuron, figures[2], "the lecture's neuron o = tanh(x1*w1 + x2*w2 + b), "

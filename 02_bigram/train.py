@@ -49,6 +49,8 @@ class Config:
     samples: int = cli.arg(5, "names to sample from each model", min=0, max=10_000)
     out: str = cli.arg("out/02_bigram", "output folder for figures")
     plots: bool = cli.arg(True, "write figures")
+    format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
+                                 "on slides", choices=cli.FIGURE_FORMATS)
 
 
 # %% Data
@@ -257,10 +259,10 @@ def main(argv=None) -> dict:
 
     files = []
     if cfg.plots:
-        plot_counts(N, itos, out / "counts.png")
-        plot_one_hot(one_hot(bigram_pairs(["emma"], stoi)[0], 27), out / "one_hot.png")
-        plot_loss(losses, nll, out / "loss.png")
-        files = [str(out / f) for f in ("counts.png", "one_hot.png", "loss.png")]
+        plot_counts(N, itos, out / f"counts.{cfg.format}")
+        plot_one_hot(one_hot(bigram_pairs(["emma"], stoi)[0], 27), out / f"one_hot.{cfg.format}")
+        plot_loss(losses, nll, out / f"loss.{cfg.format}")
+        files = [str(out / f) for f in (f"counts.{cfg.format}", f"one_hot.{cfg.format}", f"loss.{cfg.format}")]
         print(f"\nfigures: {', '.join(files)}")
     return dict(config=asdict(cfg), n_bigrams=int(N.sum()), empty_cells=int((N == 0).sum()),
                 top=top, nll_unsmoothed=nll_raw, nll_smoothed=nll, nll_andrejq=nll_q,

@@ -57,6 +57,8 @@ class Config:
     samples: int = cli.arg(20, "names to sample after training", min=0, max=10_000)
     out: str = cli.arg("out/03_mlp", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
+    format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
+                                 "on slides", choices=cli.FIGURE_FORMATS)
 
 
 # %% Data
@@ -289,10 +291,10 @@ def main(argv=None) -> dict:
     save_model(out / "model.npz", params, cfg)
     files = [str(out / "model.npz")]
     if cfg.plots:
-        plot_lr_finder(lre, lr_losses, out / "lr_finder.png")
-        plot_losses(lossi, out / "loss.png")
-        plot_embedding(params[0].data, itos, out / "embedding.png")
-        files += [str(out / f) for f in ("lr_finder.png", "loss.png", "embedding.png")]
+        plot_lr_finder(lre, lr_losses, out / f"lr_finder.{cfg.format}")
+        plot_losses(lossi, out / f"loss.{cfg.format}")
+        plot_embedding(params[0].data, itos, out / f"embedding.{cfg.format}")
+        files += [str(out / f) for f in (f"lr_finder.{cfg.format}", f"loss.{cfg.format}", f"embedding.{cfg.format}")]
     print(f"\nwrote {', '.join(files)}")
     return dict(config=asdict(cfg), sizes=(len(Xtr), len(Xdev), len(Xte)),
                 n_params=n_params, lookup_equivalent=lookup_ok, manual_overflow=manual,

@@ -85,6 +85,8 @@ class Config:
                                   "diagnostic run does (-1: train all --steps)", min=-1)
     out: str = cli.arg("out/04_batchnorm", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
+    format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
+                                 "on slides", choices=cli.FIGURE_FORMATS)
 
     def check(self):
         cli.check(self.batch_size >= 2 or not self.batchnorm,
@@ -627,11 +629,11 @@ def main_deep(cfg, splits, itos):
         wgrads = weight_gradient_stats(parameters)
     out, title = cli.out_dir(cfg.out), describe(cfg)
     if cfg.plots and lossi:  # now, while the layers hold the last step's outputs
-        plot_activations(layers, acts, title, out / "deep_activations.png")
-        plot_gradients(layers, grads, title, out / "deep_gradients.png")
-        plot_weight_gradients(parameters, wgrads, title, out / "deep_weight_gradients.png")
-        plot_update_ratios(ud, parameters, title, out / "deep_update_ratios.png")
-        figures = [str(out / f"deep_{f}.png") for f in
+        plot_activations(layers, acts, title, out / f"deep_activations.{cfg.format}")
+        plot_gradients(layers, grads, title, out / f"deep_gradients.{cfg.format}")
+        plot_weight_gradients(parameters, wgrads, title, out / f"deep_weight_gradients.{cfg.format}")
+        plot_update_ratios(ud, parameters, title, out / f"deep_update_ratios.{cfg.format}")
+        figures = [str(out / f"deep_{f}.{cfg.format}") for f in
                    ("activations", "gradients", "weight_gradients", "update_ratios")]
 
     for layer in layers:
@@ -711,11 +713,11 @@ def main(argv=None) -> dict:
     files = [str(out / "model.npz")]
     if cfg.plots:
         _, hpreact, h = first_batch(cfg, Xtr, Ytr)
-        plot_losses(lossi, out / "loss.png")
-        plot_hidden_histograms(hpreact, h, describe(cfg), out / "init_histograms.png")
-        plot_saturation(h, describe(cfg), out / "init_saturation.png")
-        files += [str(out / f) for f in ("loss.png", "init_histograms.png",
-                                         "init_saturation.png")]
+        plot_losses(lossi, out / f"loss.{cfg.format}")
+        plot_hidden_histograms(hpreact, h, describe(cfg), out / f"init_histograms.{cfg.format}")
+        plot_saturation(h, describe(cfg), out / f"init_saturation.{cfg.format}")
+        files += [str(out / f) for f in (f"loss.{cfg.format}", f"init_histograms.{cfg.format}",
+                                         f"init_saturation.{cfg.format}")]
     print(f"\nwrote {', '.join(files)}")
     return dict(config=asdict(cfg), sizes=(len(Xtr), len(Xdev), len(Xte)),
                 n_params=n_params, init_report=report, lossi=lossi, **final,

@@ -84,6 +84,8 @@ class Config:
     samples: int = cli.arg(20, "names to sample after training", min=0, max=10_000)
     out: str = cli.arg("out/05_backprop_ninja", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
+    format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
+                                 "on slides", choices=cli.FIGURE_FORMATS)
 
 
 # %% Data
@@ -591,7 +593,7 @@ def exercise2(t, Yb, itos, cfg):
     print(f"  every row of dlogits sums to zero: the largest |row sum| is {row_sums:.1e}")
     figure = None
     if cfg.plots:
-        figure = cli.out_dir(cfg.out) / "dlogits.png"
+        figure = cli.out_dir(cfg.out) / f"dlogits.{cfg.format}"
         plot_dlogits(dlogits, Yb, itos, figure)
     return dict(loss_fast=loss_fast, loss=loss, cmp=row, row_sums=row_sums,
                 pull=float(n * dlogits[0, y]), p=float(probs[y]),
@@ -655,8 +657,8 @@ def exercise4(cfg, splits, itos):
     save_model(out / "model.npz", params, stats, cfg)
     files = [str(out / "model.npz")]
     if cfg.plots:
-        plot_losses(lossi, out / "loss.png")
-        files.append(str(out / "loss.png"))
+        plot_losses(lossi, out / f"loss.{cfg.format}")
+        files.append(str(out / f"loss.{cfg.format}"))
     return dict(n_params=n_params, check=check, lossi=lossi, **final, bessel=bessel,
                 samples=names, seconds=seconds, ms_per_step=ms, files=files)
 

@@ -90,6 +90,8 @@ class Config:
     samples: int = cli.arg(20, "names to sample after training", min=0, max=10_000)
     out: str = cli.arg("out/06_wavenet", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
+    format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
+                                 "on slides", choices=cli.FIGURE_FORMATS)
 
     def check(self):
         if self.model == "hierarchical":
@@ -642,8 +644,8 @@ def main(argv=None) -> dict:
     cli.write_text(out / "samples.txt", "\n".join(names_out) + "\n")
     files = [str(out / "model.npz"), str(out / "samples.txt")]
     if cfg.plots and lossi:
-        plot_losses(lossi, out / "loss.png", describe(cfg))
-        files.append(str(out / "loss.png"))
+        plot_losses(lossi, out / f"loss.{cfg.format}", describe(cfg))
+        files.append(str(out / f"loss.{cfg.format}"))
     print(f"\nwrote {', '.join(files)}")
     return dict(config=asdict(cfg), sizes=(len(Xtr), len(Xdev), len(Xte)),
                 n_params=n_params, shapes=shapes, running_shapes=running_shapes,

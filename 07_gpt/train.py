@@ -134,6 +134,8 @@ class Config:
                         min=0, max=2**64 - 1)
     out: str = cli.arg("out/07_gpt", "folder of the checkpoint, figures and tokenizer")
     plots: bool = cli.arg(True, "write figures")
+    format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
+                                 "on slides", choices=cli.FIGURE_FORMATS)
     resume: bool = cli.arg(False, "continue training from the checkpoint in --out")
     sample: bool = cli.arg(False, "do not train: generate from the checkpoint in --out")
     prompt: str = cli.arg("", "text the sample continues (default: a newline)")
@@ -1166,13 +1168,13 @@ def main(argv=None) -> dict:
     print()
     files = [str(out / "ckpt.npz")] if res["saved"] is not None else []
     if cfg.plots:
-        plot_losses(history, out / "loss.png", f"{cfg.model} model, {cfg.tokenizer} tokens")
-        plot_lr(cfg, out / "lr.png")
-        files += [str(out / "loss.png"), str(out / "lr.png")]
+        plot_losses(history, out / f"loss.{cfg.format}", f"{cfg.model} model, {cfg.tokenizer} tokens")
+        plot_lr(cfg, out / f"lr.{cfg.format}")
+        files += [str(out / f"loss.{cfg.format}"), str(out / f"lr.{cfg.format}")]
         if cfg.model != "bigram":
             passage = attention_passage(splits["val"], tok, cfg.block_size)
-            plot_attention(model, tok, passage, out / "attention.png")
-            files.append(str(out / "attention.png"))
+            plot_attention(model, tok, passage, out / f"attention.{cfg.format}")
+            files.append(str(out / f"attention.{cfg.format}"))
     cli.write_text(out / "sample.txt", cfg.prompt + text_out + "\n")
     files.append(str(out / "sample.txt"))
     print(f"\nwrote {', '.join(files)}")

@@ -114,6 +114,8 @@ class Config:
     sample: bool = cli.arg(False, "do not train: sample from the checkpoint in --out")
     out: str = cli.arg("out/08_lstm_gru", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
+    format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
+                                 "on slides", choices=cli.FIGURE_FORMATS)
 
     def check(self):
         cli.check(self.min_lr <= self.lr, f"--min-lr {self.min_lr} must not exceed --lr "
@@ -991,13 +993,13 @@ def compare_cells(cfg, ds, out, held_out):
               f"{r['ms_per_step']:7.2f}")
     files = []
     if cfg.plots:
-        plot_losses(hists, held_out, out / "compare.png")
-        plot_gates({c: hists[c] for c in ("gru", "lstm", "rnn")}, out / "gates.png")
+        plot_losses(hists, held_out, out / f"compare.{cfg.format}")
+        plot_gates({c: hists[c] for c in ("gru", "lstm", "rnn")}, out / f"gates.{cfg.format}")
         plot_gradient_through_time(
             {(c, w): results[c][f"grad_{w}"] for c in results for w in ("init", "trained")},
-            out / "gradient_through_time.png")
-        files = [str(out / f) for f in ("compare.png", "gates.png",
-                                        "gradient_through_time.png")]
+            out / f"gradient_through_time.{cfg.format}")
+        files = [str(out / f) for f in (f"compare.{cfg.format}", f"gates.{cfg.format}",
+                                        f"gradient_through_time.{cfg.format}")]
         print(f"\nwrote {', '.join(files)}")
     return dict(config=asdict(cfg), results=results, files=files,
                 histories={c: {k: h[k] for k in ("loss", "eval_steps", "eval_loss")}
@@ -1029,18 +1031,18 @@ def main(argv=None) -> dict:
                     dict(step=cfg.steps, held_out=result["held_out"]))
     files = [str(out / "ckpt.npz")]
     if cfg.plots:
-        plot_losses({cfg.cell: hist}, held_out, out / "loss.png")
-        plot_gates({cfg.cell: hist}, out / "gates.png")
+        plot_losses({cfg.cell: hist}, held_out, out / f"loss.{cfg.format}")
+        plot_gates({cfg.cell: hist}, out / f"gates.{cfg.format}")
         plot_gradient_through_time({(cfg.cell, "init"): result["grad_init"],
                                     (cfg.cell, "trained"): result["grad_trained"]},
-                                   out / "gradient_through_time.png")
+                                   out / f"gradient_through_time.{cfg.format}")
         if ds["kind"] == "names":  # the longest sampled name, with its start token
             text = "." + max(samples["samples"] or [ds["test_words"][0] + "."], key=len)
         else:
             text = "".join(ds["itos"][i] for i in ds["test"][:80])
-        plot_hidden_state(model, text, ds["stoi"], out / "hidden_state.png")
-        files += [str(out / f) for f in ("loss.png", "gates.png", "gradient_through_time.png",
-                                         "hidden_state.png")]
+        plot_hidden_state(model, text, ds["stoi"], out / f"hidden_state.{cfg.format}")
+        files += [str(out / f) for f in (f"loss.{cfg.format}", f"gates.{cfg.format}", f"gradient_through_time.{cfg.format}",
+                                         f"hidden_state.{cfg.format}")]
     print(f"\nwrote {', '.join(files)}")
     return dict(config=asdict(cfg), **result, loss=hist["loss"], grad_norm=hist["grad_norm"],
                 eval_steps=hist["eval_steps"], eval_loss=hist["eval_loss"], files=files,

@@ -370,10 +370,16 @@ def write_text(path, text: str):
     _atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
 def save_figure(fig, path):
-    """Save a matplotlib figure as PNG (atomically) and close it."""
+    """Save a matplotlib figure (atomically) in the format its file name ends with: png at
+    150 dpi, or svg and pdf, which scale to any size on a slide; then close it."""
     import matplotlib.pyplot as plt
-    _atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=110,
+    fmt = Path(path).suffix.lstrip(".")
+    check(fmt in FIGURE_FORMATS, f"cannot write a figure as {fmt!r}: png, svg or pdf")
+    _atomic_write(Path(path), lambda f: fig.savefig(f, format=fmt, dpi=150,
                                                     bbox_inches="tight"))
     plt.close(fig)
 
