@@ -534,8 +534,11 @@ def graph_nodes(root):
 def graph_layout(root):
     """A layered layout, left to right: each value node sits one column right of its
     deepest input (leaves one column left of their first user), with its operation
-    drawn just before it; within a column nodes are ordered by where their users are,
-    which keeps edges from crossing in a small graph. Returns {node: (column, row)}."""
+    drawn just before it. Rows are found in two sweeps: from the output leftwards, each
+    column is ordered by where its users are (which keeps edges from crossing in a small
+    graph); then from the inputs rightwards, each computed node moves to the mean row of
+    its inputs, so that a small graph reads as a tree. Rows in a column stay at least one
+    apart. Returns {node: (column, row)}."""
     nodes = graph_nodes(root)
     col = {}
     for v in nodes:  # children first
@@ -547,74 +550,120 @@ def graph_layout(root):
     for v in nodes:  # a leaf goes right next to its first user
         if not v._prev and users[v]:
             col[v] = min(col[u] for u in users[v]) - 1
+    columns = sorted(set(col.values()))
+
+    def place(column, want):
+        """Rows for one column: in the order of `want` (a stable sort, ties keep the
+        children's order), at least one apart, centred on the wanted rows."""
+        column.sort(key=want.get)
+        rows = []
+        for v in column:
+            rows.append(want[v] if not rows else max(want[v], rows[-1] + 1))
+        shift = sum(want[v] - r for v, r in zip(column, rows)) / len(column)
+        return {v: r + shift for v, r in zip(column, rows)}
+
     row = {root: 0.0}
-    for c in sorted(set(col.values()), reverse=True):  # from the output leftwards
+    for c in reversed(columns):  # from the output leftwards
         column = [v for v in nodes if col[v] == c and v is not root]
-        if not column:
-            continue
-        # every user of a node is in a column further right, so already has its row
-        want = {v: sum(row[u] for u in users[v]) / len(users[v]) for v in column}
-        column.sort(key=want.get)  # a stable sort: ties keep the children's order
-        center = sum(want.values()) / len(column)
-        for i, v in enumerate(column):
-            row[v] = center + i - (len(column) - 1) / 2
+        if column:  # every user of a node is in a column further right: it has its row
+            want = {v: sum(row[u] for u in users[v]) / len(users[v]) for v in column}
+            order = sorted(column, key=want.get)
+            center = sum(want.values()) / len(column)
+            row.update({v: center + i - (len(column) - 1) / 2 for i, v in enumerate(order)})
+    for c in columns[1:]:  # from the inputs rightwards: a node between its inputs
+        column = [v for v in nodes if col[v] == c]
+        want = {v: sum(row[ch] for ch in v._prev) / len(v._prev) if v._prev else row[v]
+                for v in column}
+        row.update(place(column, want))
     return {v: (col[v], row[v]) for v in nodes}
-
-
-def node_text(v):
-    name = f"{v.label} | " if v.label else ""
-    return f"{name}data {v.data:.4f} | grad {v.grad:.4f}"
 
 
 def draw_graph(root, path, title):
     """The expression graph as the lecture draws it with Graphviz, but with matplotlib
-    alone: a box per Value (label, data, grad), a circle per operation, inputs on the
-    left. The axes are measured in inches so that box widths can be computed from the
-    number of characters (monospace text) and circles stay round."""
+    alone, shaped for a slide: a box per Value (its label over its data and its grad),
+    a circle per operation, arrows from inputs to outputs, inputs on the left. The axes
+    are measured in inches: box sizes come from the measured text, and the rows spread
+    out until the figure is about 16:9."""
     plt = cli.pyplot()
-    from matplotlib.patches import Circle
+    from matplotlib.patches import Circle, FancyBboxPatch
     pos = graph_layout(root)
-    size = 9  # font size in points
-    char, pad = 0.6 * size / 72, 0.3 * size / 72  # monospace character width, box padding
-    gap, row_h, margin = 0.3, 0.55, 0.3  # inches
-    width = {v: len(node_text(v)) * char + 2 * pad for v in pos}
-    radius = {v: max(0.17, 0.5 * len(v._op) * char + 0.06) for v in pos if v._prev}
-    ncols = max(c for c, _ in pos.values()) + 1
-    col_w = [max(width[v] for v, (c, _) in pos.items() if c == i) for i in range(ncols)]
-    op_w = 2 * max(radius.values(), default=0.17)
-    left = [margin]  # left edge of each column's boxes; its op circles sit just before
-    for i in range(1, ncols):
-        left.append(left[-1] + col_w[i - 1] + 2 * gap + op_w)
-    top = max(r for _, r in pos.values())
-    rows = top - min(r for _, r in pos.values())
-    fig_w = left[-1] + col_w[-1] + margin
-    fig_h = rows * row_h + 2 * margin + 0.4  # room for the title
-    fig = plt.figure(figsize=(fig_w, fig_h))
+    size, op_size = 11, 12  # font sizes in points: box text, operation symbols
+    fig = plt.figure()
     ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_axis_off()
+    renderer = fig.canvas.get_renderer()
+
+    def width(text):  # inches
+        return text.get_window_extent(renderer).width / fig.dpi
+
+    texts = {}
+    for v in pos:  # the three lines of each box, placed once the layout is known
+        texts[v] = [ax.text(0, 0, v.label or "", size=size, weight="bold", ha="center",
+                            va="center"),
+                    ax.text(0, 0, f"data {v.data:7.4f}", size=size, family="monospace",
+                            ha="center", va="center"),
+                    ax.text(0, 0, f"grad {v.grad:7.4f}", size=size, family="monospace",
+                            ha="center", va="center", color="#b2182b")]
+    ops = {v: ax.text(0, 0, v._op, size=op_size, weight="bold", ha="center", va="center")
+           for v in pos if v._prev}
+    line = 1.45 * size / 72  # inches between text lines
+    ncols = max(c for c, _ in pos.values()) + 1
+    box_w = [max(width(t) for v, (c, _) in pos.items() if c == i for t in texts[v]) + 0.18
+             for i in range(ncols)]  # one width per column
+    box_h = 3 * line + 0.18
+    radius = max([0.2] + [width(t) / 2 + 0.09 for t in ops.values()])
+    gap = 0.18  # inches between a box and an op circle
+    link = 2 * gap + 2 * radius  # the space between two columns, with its op circle
+    margin, header = 0.1, 0.8  # inches; the header holds the title and the key
+    left = [margin + sum(box_w[:i]) + i * link for i in range(ncols)]  # box left edges
+    top = max(r for _, r in pos.values())
+    span = top - min(r for _, r in pos.values())
+    fig_w = left[-1] + box_w[-1] + margin
+    # rows at least a box and a bit apart, spread out to reach about 16:9
+    free = fig_w * 9 / 16 - header - 2 * margin - box_h
+    pitch = min(max(box_h + 0.25, free / span if span else 0), 2.5 * box_h)
+    fig_h = header + 2 * margin + box_h + span * pitch
+    fig.set_size_inches(fig_w, fig_h)
     ax.set_xlim(0, fig_w)
     ax.set_ylim(0, fig_h)
-    ax.set_axis_off()
 
-    def y_of(v):
-        return margin + (top - pos[v][1]) * row_h  # row 0 (the output) in the middle
+    def center(v):
+        c, r = pos[v]
+        return left[c] + box_w[c] / 2, margin + box_h / 2 + (top - r) * pitch
 
-    arrow = dict(arrowstyle="-|>", color="#555555", lw=1.0, shrinkA=0, shrinkB=0)
-    for v, (c, _) in pos.items():
-        ax.text(left[c] + pad, y_of(v), node_text(v), ha="left", va="center", size=size,
-                family="monospace", bbox=dict(boxstyle=f"round,pad={pad * 72 / size:.2f}",
-                                              fc="#eef3fb", ec="#1f5fa8"))
-        if not v._prev:
-            continue
-        ox = left[c] - gap - op_w / 2  # the op circle, centered in the gap before the box
-        ax.add_patch(Circle((ox, y_of(v)), radius[v], fc="#fdebd3", ec="#d95f02"))
-        ax.text(ox, y_of(v), v._op, ha="center", va="center", size=size, weight="bold")
-        ax.annotate("", xy=(left[c], y_of(v)), xytext=(ox + radius[v], y_of(v)),
+    boxes = {}
+    for v in pos:
+        (x, y), w = center(v), box_w[pos[v][0]]
+        leaf, out = not v._prev, v is root
+        boxes[v] = FancyBboxPatch((x - w / 2, y - box_h / 2), w, box_h,
+                                  boxstyle="round,pad=0,rounding_size=0.06",
+                                  fc="#e8f3e4" if leaf else "#eef3fb",
+                                  ec="#2e7d32" if leaf else "#1f5fa8", lw=2.2 if out else 1.2)
+        ax.add_patch(boxes[v])
+        ax.plot([x - w / 2, x + w / 2], [y + line / 2] * 2, lw=0.8,
+                color=boxes[v].get_edgecolor())  # under the label, as a record's divider
+        for t, dy in zip(texts[v], [line, 0, -line]):
+            t.set_position((x, y + dy + (0.03 if dy > 0 else -0.03)))
+
+    arrow = dict(arrowstyle="-|>", mutation_scale=14, color="#555555", lw=1.1,
+                 shrinkA=0, shrinkB=0)
+    for v, op in ops.items():
+        x, y = center(v)
+        ox = left[pos[v][0]] - gap - radius  # the op circle, in the gap before the box
+        circle = Circle((ox, y), radius, fc="#fdebd3", ec="#d95f02", lw=1.2)
+        ax.add_patch(circle)
+        op.set_position((ox, y))
+        ax.annotate("", xy=(left[pos[v][0]], y), xytext=(ox + radius, y),
                     arrowprops=arrow)
         for child in v._prev:
-            cx = left[pos[child][0]] + width[child]
-            ax.annotate("", xy=(ox - radius[v], y_of(v)), xytext=(cx, y_of(child)),
-                        arrowprops=arrow)
-    ax.text(fig_w / 2, fig_h - 0.25, title, ha="center", va="center", size=11)
+            c, (_, cy) = pos[child][0], center(child)
+            ax.annotate("", xy=(ox, y), xytext=(left[c] + box_w[c], cy),
+                        arrowprops=dict(arrow, patchB=circle))
+    ax.text(fig_w / 2, fig_h - 0.12, title, ha="center", va="top", size=14)
+    name = root.label or "output"
+    ax.text(fig_w / 2, fig_h - 0.5, f"box: label, data (forward pass), grad = "
+            f"d{name}/d(box) (backward pass); circle: the operation; green: inputs and "
+            f"parameters", ha="center", va="top", size=11, color="#444444")
     cli.save_figure(fig, path)
 
 
