@@ -979,51 +979,82 @@ def plot_lr(cfg, path):
 
 
 def token_labels(tok, ids):
-    return [tok.decode([i]).replace("\n", "\\n") for i in ids]
+    """Each token as text for a tick label, its whitespace made visible: a newline as
+    '⏎', a space as '␣' (tok.decode of each id, so it works for any tokenizer)."""
+    return [tok.decode([int(i)]).replace("\n", "⏎").replace(" ", "␣").replace("\t", "⇥")
+            for i in ids]
 
 
-def plot_attention(model, tok, ids, path):
-    """Every head's attention weights on one passage: row t is what token t attends to
-    among tokens 0..t (lower-triangular: no head can look ahead)."""
+def plot_attention(model, tok, ids, path, layer=-1):
+    """One layer's heads (the last by default; `layer` counts from 0, or from the end
+    when negative), each head's attention weights on a short passage: row t is what token
+    t attends to among tokens 0..t. The cells above the diagonal are grey: no head can
+    look ahead. Sized for half a 16:9 slide: the tick labels stay >= 9 pt when the figure
+    is scaled to half a 13.33 x 7.5 in slide's width."""
     model.eval()
     maps = model.attention_maps(np.array([ids], dtype=np.int64))  # [layer][head] (T, T)
     model.train()
-    rows, cols = len(maps), max(len(m) for m in maps)
-    plt = cli.pyplot()
-    from matplotlib.colors import PowerNorm
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 0.5, 3.2 * rows + 0.5),
-                             squeeze=False, layout="constrained")
+    n_layers = len(maps)
+    li = layer % n_layers if -n_layers <= layer < n_layers else n_layers - 1
+    heads = maps[li]
+    n = len(heads)
+    long = max(len(s) for s in token_labels(tok, ids)) > 1  # not chars: vertical x labels
+    # fewer tokens when there are more panels (or longer labels): every label readable
+    T = min(len(ids), 24 if n == 1 else 16 if n <= 4 and not long else 12)
+    ids = list(ids[:T])
     labels = token_labels(tok, ids)
-    for r, layer in enumerate(maps):
-        for c in range(cols):
-            ax = axes[r][c]
-            if c >= len(layer):
-                ax.axis("off")
-                continue
-            # square-root colour scale: the many small weights stay visible
-            ax.imshow(layer[c], cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=1))
-            ax.set_title(f"layer {r + 1}, head {c + 1}" if rows > 1 or cols > 1 else
-                         "the head", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if len(ids) <= 64 and c == 0:  # the passage's tokens along the outer edges
-                ax.set_yticks(range(len(ids)), labels, fontsize=4)
-            if len(ids) <= 64 and r == rows - 1:
-                ax.set_xticks(range(len(ids)), labels, fontsize=4, rotation=90)
-    fig.suptitle(f"attention weights on {tok.decode(ids)[:60]!r}...\nrow: a token; "
-                 f"colour: how much it attends to each token up to itself (square-root "
-                 f"scale)",
-                 fontsize=10)
+    cols = 1 if n == 1 else 2  # 1 | 1x2 | 2x2 | 3x2: near-square, as half a slide is
+    rows = -(-n // cols)
+    font = 11  # tick labels, in points at the figure's own size
+    side = max(T * font * 1.1 / 72, 2.0)  # panel side in inches: one label per row
+    margin = 0.12 * font / 11 * max(len(s) for s in labels) + 0.9
+    fig_w = cols * side + margin + 1.3
+    fig_h = rows * side + (margin if long else 0.9) + 0.3 * rows + 0.6
+    plt = cli.pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(fig_w, fig_h), squeeze=False,
+                             layout="constrained")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.9")  # grey: the masked future
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)
+    im = None
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        r, c = divmod(k, cols)
+        att = np.ma.masked_array(np.asarray(heads[k])[:T, :T], mask=future)
+        im = ax.imshow(att, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(f"head {k + 1}" if n > 1 else "the single head", fontsize=font + 1)
+        ax.set_xticks(range(T))
+        ax.set_yticks(range(T))
+        ax.tick_params(length=2, pad=2)
+        if c == 0:
+            ax.set_yticklabels(labels, fontsize=font)
+        else:
+            ax.set_yticklabels([])
+        if k + cols >= n:  # the lowest panel of its column
+            ax.set_xticklabels(labels, fontsize=font, rotation=90 if long else 0)
+        else:
+            ax.set_xticklabels([])
+    fig.supxlabel("attends to (key)", fontsize=font + 1)
+    fig.supylabel("token (query)", fontsize=font + 1)
+    cbar = fig.colorbar(im, ax=axes, shrink=0.8 if rows > 1 else 0.9, aspect=25, pad=0.02)
+    cbar.set_label("attention weight", fontsize=font + 1)
+    cbar.ax.tick_params(labelsize=font)
+    where = f"layer {li + 1} of {n_layers}, " if n_layers > 1 else ""
+    fig.suptitle(f"Attention weights ({where}{n} head{'s' if n > 1 else ''}) on the "
+                 f"start of a speech", fontsize=font + 3)
     cli.save_figure(fig, path)
 
 
-def attention_passage(val_data, tok, block_size):
-    """The first block_size tokens of the validation text after its first blank line
-    (the start of a speech)."""
-    text = tok.decode(val_data[:4 * block_size + 200].tolist())
+def attention_passage(val_data, tok, block_size, length=24):
+    """A short passage for the attention figure: the first `length` tokens (at most
+    block_size) of the validation text after its first blank line, the start of a
+    speech ('GREMIO:\\nGood morrow, nei...' in tiny Shakespeare)."""
+    length = min(length, block_size)
+    text = tok.decode(val_data[:4 * length + 200].tolist())
     start = text.find("\n\n") + 2 if "\n\n" in text else 0
-    ids = list(tok.encode(text[start:]))[:block_size]
-    return ids if len(ids) == block_size else val_data[:block_size].tolist()
+    ids = list(tok.encode(text[start:]))[:length]
+    return ids if len(ids) == length else val_data[:length].tolist()
 
 
 # %% Main
