@@ -201,31 +201,77 @@ def plot_lr_finder(lre, losses, path):
 def plot_losses(lossi, path, chunk=1000):
     """log10 of every minibatch loss (noisy), and the mean over chunks of 1,000 steps."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
     log_loss = np.log10(lossi)
-    ax.plot(log_loss, lw=0.3, alpha=0.5, label="minibatch")
+    ax.plot(log_loss, lw=0.3, alpha=0.5, color="C0", label="each minibatch")
     m = len(log_loss) // chunk * chunk
     if m:
         means = log_loss[:m].reshape(-1, chunk).mean(1)
-        ax.plot(np.arange(len(means)) * chunk + chunk / 2, means, lw=2,
-                label=f"mean over {chunk} steps")
-    ax.set_xlabel("step")
-    ax.set_ylabel("log10(loss)")
-    ax.legend()
+        ax.plot(np.arange(len(means)) * chunk + chunk / 2, means, lw=2, color="C1",
+                marker="o" if len(means) < 20 else None, ms=4,
+                label=f"mean of each {chunk:,} steps")
+    ax.set_title("MLP training: the loss of every minibatch", fontsize=12)
+    ax.set_xlabel("step", fontsize=11)
+    ax.set_ylabel("log10(minibatch loss)", fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.grid(True, alpha=0.3)
+    legend = ax.legend(fontsize=10, loc="upper right")
+    legend.get_lines()[0].set_linewidth(2)  # the minibatch line: too thin to see there
     cli.save_figure(fig, path)
 
 
 def plot_embedding(C, itos, path):
-    """The 27 characters at their (first two) embedding coordinates."""
+    """The 27 characters at their (first two) embedding coordinates: each letter in a
+    light circle on its point; where circles would overlap, the letters are pushed
+    apart and a thin line leads back to the point (a small dot)."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 7))
-    ax.scatter(C[:, 0], C[:, 1], s=200)
-    for i in range(C.shape[0]):
-        ax.text(C[i, 0], C[i, 1], itos[i], ha="center", va="center", color="white")
+    fig, ax = plt.subplots(figsize=(7, 3.8 if C.shape[1] == 2 else 3.6))
+    xy = np.asarray(C[:, :2], dtype=np.float64)
+    lo, hi = xy.min(0), xy.max(0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - 0.08 * span, hi + 0.08 * span
+    # the axes' size in inches, to measure distances between labels as they will be drawn
+    box = ax.get_position()
+    inches = fig.get_size_inches() * (box.width, box.height)
+    scale = inches / (hi - lo)                          # inches per data unit, x and y
+    points = (xy - lo) * scale
+    labels = points + 1e-3 * np.stack(                  # a nudge apart for equal points
+        [np.cos(np.arange(len(xy))), np.sin(np.arange(len(xy)))], 1)
+    min_dist = 0.27                                     # inches: a circle, plus a gap
+    for _ in range(500):
+        d = labels[:, None] - labels[None]              # (27, 27, 2)
+        dist = np.hypot(d[..., 0], d[..., 1])
+        np.fill_diagonal(dist, np.inf)
+        overlap = np.clip(min_dist - dist, 0, None)
+        if not overlap.any():
+            break
+        labels += 0.5 * (d / dist[..., None] * overlap[..., None]).sum(1)
+        labels += 0.02 * (points - labels)              # and back towards their points
+    labels = labels / scale + lo
+    moved = np.hypot(*((labels - xy) * scale).T) > 0.05
+    for i in np.flatnonzero(moved):
+        ax.plot(*zip(xy[i], labels[i]), color="gray", lw=0.7, zorder=1)
+    ax.scatter(xy[:, 0], xy[:, 1], s=8, color="C0", zorder=2)
+    for i, (x, y) in enumerate(labels):
+        ch = itos[i]
+        ax.text(x, y, ch, ha="center", va="center", zorder=3,
+                fontsize=14 if ch == "." else 11, fontweight="bold" if ch == "." else None,
+                bbox=dict(boxstyle="circle,pad=0.2", fc="white", ec="C0", lw=0.8, alpha=0.9))
+    everything = np.concatenate([xy, labels])
+    lo2, hi2 = everything.min(0), everything.max(0)
+    margin = 0.06 * np.maximum(hi2 - lo2, 1e-6)
+    ax.set_xlim(lo2[0] - margin[0], hi2[0] + margin[0])
+    ax.set_ylim(lo2[1] - margin[1], hi2[1] + margin[1])
     ax.grid(True, alpha=0.3)
-    title = "learned 2-D character embeddings" if C.shape[1] == 2 else \
-        f"first 2 of {C.shape[1]} embedding dimensions (use --n-embd 2 for the full picture)"
-    ax.set_title(title)
+    ax.set_xlabel("embedding dimension 0", fontsize=11)
+    ax.set_ylabel("embedding dimension 1", fontsize=11)
+    ax.tick_params(labelsize=10)
+    if C.shape[1] == 2:
+        title = "learned 2-D character embeddings (the whole embedding)"
+    else:
+        title = (f"learned character embeddings: the first 2 of {C.shape[1]} dimensions\n"
+                 "(train with --n-embd 2 to see the whole embedding)")
+    ax.set_title(title, fontsize=12)
     cli.save_figure(fig, path)
 
 
