@@ -524,17 +524,20 @@ def sample_names(model, cfg, n, itos, max_len=100):
 def plot_losses(lossi, path, chunk=1000):
     """log10 of every minibatch loss (noisy), and the mean over chunks of 1,000 steps."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     log_loss = np.log10(lossi)
-    ax.plot(log_loss, lw=0.3, alpha=0.5, label="minibatch")
+    ax.plot(log_loss, lw=0.3, alpha=0.5, label="every minibatch")
     m = len(log_loss) // chunk * chunk
     if m:
         means = log_loss[:m].reshape(-1, chunk).mean(1)
         ax.plot(np.arange(len(means)) * chunk + chunk / 2, means, lw=2,
-                label=f"mean over {chunk} steps")
-    ax.set_xlabel("step")
-    ax.set_ylabel("log10(loss)")
-    ax.legend()
+                label=f"mean over {chunk:,} steps")
+    ax.set_xlabel("training step", fontsize=11)
+    ax.set_ylabel("log10(loss / nats per character)", fontsize=11)
+    ax.set_title("Training loss, manual backward pass", fontsize=12)
+    ax.tick_params(labelsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=10)
     cli.save_figure(fig, path)
 
 
@@ -543,13 +546,20 @@ def plot_dlogits(dlogits, Yb, itos, path):
     The dark cell of each row is its right character, pulled up; the light ones are the
     wrong characters the network finds likely, pushed down; each row sums to zero."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 8))
-    ax.imshow(dlogits, cmap="gray")
-    ax.set_xticks(range(27), [itos[i] for i in range(27)])
-    ax.set_yticks(range(len(Yb)), [itos[int(y)] for y in Yb], fontsize=7)
-    ax.set_xlabel("character (logit)")
-    ax.set_ylabel("example (labelled with its right next character)")
-    ax.set_title("dlogits = (softmax - one-hot) / n: pulled up (dark), pushed down (light)")
+    fig, ax = plt.subplots(figsize=(7, 4.0), layout="constrained")
+    im = ax.imshow(dlogits, cmap="gray", aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(27), [itos[i] for i in range(27)], fontsize=10)
+    # every other row labelled, so the labels stay >= 10 pt without overlapping
+    rows = range(0, len(Yb), 2)
+    ax.set_yticks(rows, [f"{i}: {itos[int(Yb[i])]}" for i in rows], fontsize=10)
+    ax.tick_params(length=2, pad=2)
+    ax.set_xlabel("character whose logit gets the gradient", fontsize=11)
+    ax.set_ylabel("example: its right next character", fontsize=11)
+    ax.set_title("dlogits = (softmax - one-hot) / n: right character pulled up "
+                 "(dark),\nlikely wrong ones pushed down (light)", fontsize=11)
+    cbar = fig.colorbar(im, ax=ax, pad=0.02)
+    cbar.set_label("d loss / d logit (dimensionless)", fontsize=11)
+    cbar.ax.tick_params(labelsize=10)
     cli.save_figure(fig, path)
 
 

@@ -535,19 +535,21 @@ def plot_losses(lossi, path, title, chunk=1000):
     the mean over chunks of 1,000 steps, `torch.tensor(lossi).view(-1, 1000).mean(1)`,
     where the learning-rate decay at step 150,000 shows as a step down."""
     plt = cli.pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     log_loss = np.log10(lossi)
-    a.plot(log_loss, lw=0.3)
-    a.set_title("every step")
+    a.plot(log_loss, lw=0.3, color="C0")
+    a.set_title("every minibatch", fontsize=11)
     m = len(log_loss) // chunk * chunk
     if m:
         b.plot(np.arange(m // chunk) * chunk + chunk / 2,
-               log_loss[:m].reshape(-1, chunk).mean(1))
-    b.set_title(f"mean over {chunk} steps")
+               log_loss[:m].reshape(-1, chunk).mean(1), lw=2, color="C1")
+    b.set_title(f"mean over {chunk:,} steps", fontsize=11)
     for ax in (a, b):
-        ax.set_xlabel("step")
-        ax.set_ylabel("log10(loss)")
-    fig.suptitle(title)
+        ax.set_xlabel("training step", fontsize=11)
+        ax.set_ylabel("log10(loss / nats per character)", fontsize=11)
+        ax.tick_params(labelsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Training loss: {title}", fontsize=12)
     cli.save_figure(fig, path)
 
 

@@ -949,31 +949,36 @@ def sample_main(cfg):
 def plot_losses(history, path, title):
     """Training loss of every step (thin) and the estimated train / val losses."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     ax.plot(history["step"], history["loss"], lw=0.4, alpha=0.4, color="C0",
             label="training batch")
     if history["eval"]:
         steps, tr, va = zip(*history["eval"])
         ax.plot(steps, tr, "o-", color="C0", label="train (estimated)")
         ax.plot(steps, va, "o-", color="C1", label="val (estimated)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title(title)
+    ax.set_xlabel("training step", fontsize=11)
+    ax.set_ylabel("loss (nats per token)", fontsize=11)
+    ax.set_title(f"Training loss: {title}", fontsize=12)
+    ax.tick_params(labelsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=10)
     cli.save_figure(fig, path)
 
 
 def plot_lr(cfg, path):
+    """The learning rate of every step: linear warmup, then cosine decay or constant."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     steps = np.arange(max(cfg.steps, 1))
-    ax.plot(steps, [get_lr(cfg, int(i)) for i in steps])
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.set_title(f"{cfg.warmup_steps} warmup steps, then cosine decay from {cfg.lr:g} to "
-                 f"{cfg.min_lr:g}" if cfg.schedule == "cosine" else
-                 f"{cfg.warmup_steps} warmup steps, then constant {cfg.lr:g}")
+    ax.plot(steps, [get_lr(cfg, int(i)) for i in steps], lw=2)
+    ax.set_xlabel("training step", fontsize=11)
+    ax.set_ylabel("learning rate", fontsize=11)
+    ax.set_title("Learning-rate schedule: " + (
+        f"{cfg.warmup_steps} warmup steps,\nthen cosine decay from {cfg.lr:g} to "
+        f"{cfg.min_lr:g}" if cfg.schedule == "cosine" else
+        f"{cfg.warmup_steps} warmup steps,\nthen constant {cfg.lr:g}"), fontsize=12)
+    ax.tick_params(labelsize=10)
+    ax.yaxis.get_offset_text().set_fontsize(10)
     ax.grid(alpha=0.3)
     cli.save_figure(fig, path)
 
