@@ -490,48 +490,62 @@ def sample_names(model, cfg, n, itos, max_len=100):
 def plot_losses(lossi, path, chunk=1000):
     """log10 of every minibatch loss (noisy), and the mean over chunks of 1,000 steps."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    log_loss = np.log10(lossi)
-    ax.plot(log_loss, lw=0.3, alpha=0.5, label="minibatch")
-    m = len(log_loss) // chunk * chunk
-    if m:
-        means = log_loss[:m].reshape(-1, chunk).mean(1)
-        ax.plot(np.arange(len(means)) * chunk + chunk / 2, means, lw=2,
-                label=f"mean over {chunk} steps")
-    ax.set_xlabel("step")
-    ax.set_ylabel("log10(loss)")
-    ax.legend()
-    cli.save_figure(fig, path)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 11}):
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        log_loss = np.log10(lossi)
+        ax.plot(log_loss, lw=0.3, alpha=0.5, label="minibatch loss")
+        m = len(log_loss) // chunk * chunk
+        if m:
+            means = log_loss[:m].reshape(-1, chunk).mean(1)
+            ax.plot(np.arange(len(means)) * chunk + chunk / 2, means, lw=2,
+                    label=f"mean over {chunk} steps")
+        ax.set_title("Training loss (cross-entropy) per minibatch")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("log10(loss / nats)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+        cli.save_figure(fig, path)
 
 
 def plot_hidden_histograms(hpreact, h, title, path):
     """The lecture's two histograms of the first batch: the pre-activations, and the tanh
     outputs, which pile up at -1 and +1 when the pre-activations are too wide."""
     plt = cli.pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
-    a.hist(hpreact.ravel(), bins=50)
-    a.set_title(f"pre-activations hpreact: std {hpreact.std():.2f}")
-    a.set_xlabel("value")
-    a.set_ylabel(f"count ({h.shape[0]} examples x {h.shape[1]} neurons)")
-    b.hist(h.ravel(), bins=50)
-    b.set_title(f"tanh outputs h: {(np.abs(h) > 0.99).mean():.1%} beyond +-0.99")
-    b.set_xlabel("value")
-    fig.suptitle(f"hidden layer on the first minibatch, before training ({title})", y=1.02)
-    cli.save_figure(fig, path)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 10.5}):
+        fig, (a, b) = plt.subplots(1, 2, figsize=(7.5, 3.8))
+        a.hist(hpreact.ravel(), bins=50)
+        a.set_title(f"pre-activations hpreact\nstd {hpreact.std():.2f}")
+        a.set_xlabel("pre-activation value (unitless)")
+        a.set_ylabel(f"count ({h.shape[0]} examples x {h.shape[1]} neurons)")
+        b.hist(h.ravel(), bins=50, color="C1")
+        b.set_title(f"tanh outputs h\n{(np.abs(h) > 0.99).mean():.1%} with |h| > 0.99")
+        b.set_xlabel("tanh output value (unitless)")
+        b.set_ylabel("count")
+        fig.suptitle(f"Hidden layer on the first minibatch, before training\n({title})",
+                     fontsize=11)
+        fig.tight_layout()
+        cli.save_figure(fig, path)
 
 
 def plot_saturation(h, title, path):
     """The lecture's white-is-saturated image: rows are the batch's examples, columns the
     neurons; an all-white column is a dead neuron, which never gets a gradient."""
     plt = cli.pyplot()
+    from matplotlib.colors import BoundaryNorm, ListedColormap
     saturated = np.abs(h) > 0.99                          # (32, n_hidden)
-    fig, ax = plt.subplots(figsize=(12, 3.2))
-    ax.imshow(saturated, cmap="gray", interpolation="nearest", vmin=0, vmax=1)
-    ax.set_xlabel("neuron")
-    ax.set_ylabel("example")
-    ax.set_title(f"|h| > 0.99 in white ({title}): {saturated.mean():.1%} saturated, "
-                 f"{int(saturated.all(0).sum())} dead neurons (all-white columns)")
-    cli.save_figure(fig, path)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 11}):
+        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+        im = ax.imshow(saturated, cmap=ListedColormap(["black", "white"]),
+                       norm=BoundaryNorm([-0.5, 0.5, 1.5], 2), interpolation="nearest",
+                       aspect="auto")
+        cbar = fig.colorbar(im, ax=ax, ticks=[0, 1], fraction=0.05, pad=0.02)
+        cbar.ax.set_yticklabels(["|h| <= 0.99\n(active)", "|h| > 0.99\n(saturated)"])
+        ax.set_xlabel("hidden neuron (index)")
+        ax.set_ylabel("example in minibatch")
+        ax.set_title(f"Saturated tanh outputs on the first minibatch ({title})\n"
+                     f"{saturated.mean():.1%} saturated, {int(saturated.all(0).sum())} "
+                     f"dead neurons (all-white columns)")
+        cli.save_figure(fig, path)
 
 
 def _histograms(ax, series, xlabel, title):
@@ -548,35 +562,52 @@ def _histograms(ax, series, xlabel, title):
 def plot_activations(layers, stats, title, path):
     """Forward pass: healthy tanh layers look alike, with few outputs at +-1."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(12, 4))
-    _histograms(ax, [(f"layer {s['layer']} (Tanh): std {s['std']:.2f}, "
-                      f"saturated {s['saturated']:.1%}", layers[s["layer"]].out.data)
-                     for s in stats], "tanh output",
-                f"forward pass: activation distribution of each tanh layer ({title})")
-    cli.save_figure(fig, path)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 11}):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _histograms(ax, [(f"layer {s['layer']}: std {s['std']:.2f}, "
+                          f"saturated {s['saturated']:.1%}", layers[s["layer"]].out.data)
+                         for s in stats], "tanh output value (unitless)",
+                    f"Forward pass: activations of each tanh layer\n({title})")
+        ax.set_ylabel("probability density (1 / x unit)")
+        ax.legend(fontsize=10, title="tanh layer (last training step)",
+                  title_fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                  borderaxespad=0)
+        ax.grid(alpha=0.3)
+        cli.save_figure(fig, path)
 
 
 def plot_gradients(layers, stats, title, path):
     """Backward pass: similar widths mean no layer shrinks or amplifies the gradient."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(12, 4))
-    _histograms(ax, [(f"layer {s['layer']} (Tanh): std {s['std']:.2e}",
-                      layers[s["layer"]].out.grad) for s in stats],
-                "gradient of the loss at the tanh output",
-                f"backward pass: gradient distribution at each tanh layer ({title})")
-    cli.save_figure(fig, path)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 11}):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _histograms(ax, [(f"layer {s['layer']}: std {s['std']:.2e}",
+                          layers[s["layer"]].out.grad) for s in stats],
+                    "gradient of the loss at the tanh output (nats per unit)",
+                    f"Backward pass: gradients at each tanh layer\n({title})")
+        ax.set_ylabel("probability density (1 / x unit)")
+        ax.legend(fontsize=10, title="tanh layer (last training step)",
+                  title_fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                  borderaxespad=0)
+        ax.grid(alpha=0.3)
+        cli.save_figure(fig, path)
 
 
 def plot_weight_gradients(parameters, stats, title, path):
     """The weights' gradients; the legend gives each one's std relative to its weight's."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(12, 4))
-    _histograms(ax, [(f"param {s['index']} {tuple(s['shape'])}: grad:data ratio "
-                      f"{s['ratio']:.2e}",
-                      parameters[s["index"]].grad) for s in stats],
-                "gradient of the loss at the weight",
-                f"weight gradient distribution ({title})")
-    cli.save_figure(fig, path)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 11}):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _histograms(ax, [(f"param {s['index']} {tuple(s['shape'])}: {s['ratio']:.2e}",
+                          parameters[s["index"]].grad) for s in stats],
+                    "gradient of the loss at the weight (nats per unit weight)",
+                    f"Weight gradients at the last training step\n({title})")
+        ax.set_ylabel("probability density (1 / x unit)")
+        ax.legend(fontsize=10, title="weight (shape): grad std / data std",
+                  title_fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                  borderaxespad=0)
+        ax.grid(alpha=0.3)
+        cli.save_figure(fig, path)
 
 
 def plot_update_ratios(ud, parameters, title, path):
@@ -584,17 +615,21 @@ def plot_update_ratios(ud, parameters, title, path):
     rule of thumb 1e-3: far above, the step is too big for that weight; far below, it
     learns too slowly."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(12, 4))
-    weights = [(i, p) for i, p in enumerate(parameters) if p.data.ndim == 2]
-    marker = "o" if len(ud) < 50 else None  # a short run (--break-at 0): show the points
-    for j, (i, p) in enumerate(weights):
-        ax.plot(ud[:, j], lw=0.8, marker=marker, label=f"param {i} {tuple(p.data.shape)}")
-    ax.axhline(-3, color="k", lw=1.5, label="1e-3: the rule of thumb")
-    ax.set_xlabel("step")
-    ax.set_ylabel("log10(update std / data std)")
-    ax.set_title(f"update:data ratio of each weight over training ({title})")
-    ax.legend(fontsize=8, ncol=2)
-    cli.save_figure(fig, path)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 11}):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        weights = [(i, p) for i, p in enumerate(parameters) if p.data.ndim == 2]
+        marker = "o" if len(ud) < 50 else None  # a short run (--break-at 0): show the points
+        for j, (i, p) in enumerate(weights):
+            ax.plot(ud[:, j], lw=0.8, marker=marker,
+                    label=f"param {i} {tuple(p.data.shape)}")
+        ax.axhline(-3, color="k", lw=1.5, ls="--", label="1e-3 (rule of thumb)")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("log10(update std / data std)")
+        ax.set_title(f"Update:data ratio of each weight over training\n({title})")
+        ax.legend(fontsize=10, title="weight (shape)", title_fontsize=10,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, borderaxespad=0)
+        ax.grid(alpha=0.3)
+        cli.save_figure(fig, path)
 
 
 # %% Main
