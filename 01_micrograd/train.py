@@ -473,25 +473,33 @@ def predict(model, points):
 def plot_moons(model, X, y, path):
     """The points and the trained model's decision boundary (score = 0) over a grid."""
     plt = cli.pyplot()
+    from matplotlib.colors import ListedColormap
     accuracy = np.mean((predict(model, X) > 0) == (y > 0))
     x_min, x_max = X[:, 0].min() - 0.5, X[:, 0].max() + 0.5
     y_min, y_max = X[:, 1].min() - 0.5, X[:, 1].max() + 0.5
     xx, yy = np.meshgrid(np.linspace(x_min, x_max, 300), np.linspace(y_min, y_max, 300))
     scores = predict(model, np.c_[xx.ravel(), yy.ravel()]).reshape(xx.shape)  # (300, 300)
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    ax.contourf(xx, yy, scores > 0, levels=[-0.5, 0.5, 1.5], colors=["#f4c7a1", "#b9d3ee"],
-                alpha=0.8)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    regions = ax.contourf(xx, yy, (scores > 0).astype(float), levels=[-0.5, 0.5, 1.5],
+                          cmap=ListedColormap(["#f4c7a1", "#b9d3ee"]), alpha=0.8)
     ax.contour(xx, yy, scores, levels=[0.0], colors="k", linewidths=1.2)
     for label, color, name in [(-1, "#d95f02", "y = -1 (outer moon)"),
                                (1, "#1f5fa8", "y = +1 (inner moon)")]:
         pts = X[y == label]
-        ax.scatter(pts[:, 0], pts[:, 1], s=28, c=color, edgecolors="white",
+        ax.scatter(pts[:, 0], pts[:, 1], s=24, c=color, edgecolors="white",
                    linewidths=0.6, label=name)
-    ax.set(xlim=(x_min, x_max), ylim=(y_min, y_max), xlabel="$x_0$", ylabel="$x_1$",
-           title=f"MLP(2, [16, 16, 1]) on the moons: decision boundary "
-                 f"(score = 0)\ntraining accuracy {accuracy * 100:.0f}%, "
-                 f"{len(X)} points")
-    ax.legend(loc="lower left", fontsize=9, framealpha=0.9)
+    ax.plot([], [], color="k", lw=1.2, label="boundary (score = 0)")
+    ax.set_xlim(x_min, x_max)
+    ax.set_ylim(y_min, y_max)
+    ax.set_xlabel("$x_0$ (feature 1, unitless)", fontsize=11)
+    ax.set_ylabel("$x_1$ (feature 2, unitless)", fontsize=11)
+    ax.set_title(f"MLP(2, [16, 16, 1]) decision regions on the moons\n"
+                 f"training accuracy {accuracy * 100:.0f}%, {len(X)} points", fontsize=12)
+    ax.tick_params(labelsize=10)
+    ax.legend(loc="lower left", fontsize=10, framealpha=0.9)
+    cbar = fig.colorbar(regions, ax=ax, ticks=[0, 1], fraction=0.05, pad=0.02)
+    cbar.ax.set_yticklabels(["-1\n(score < 0)", "+1\n(score > 0)"], fontsize=10)
+    cbar.set_label("predicted class", fontsize=11)
     cli.save_figure(fig, path)
 
 
@@ -499,20 +507,25 @@ def plot_curves(losses, accuracies, path):
     """Training loss (log scale) and accuracy per step."""
     plt = cli.pyplot()
     steps = np.arange(len(losses))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(steps, losses, color="#1f5fa8", marker="." if len(losses) < 30 else None)
+    marker = "." if len(losses) < 30 else None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 3.8))
+    ax1.plot(steps, losses, color="#1f5fa8", marker=marker, label="training loss")
     ax1.set_yscale("log")
-    ax1.set(xlabel="step", ylabel="loss (max-margin + L2)",
-            title=f"training loss (last {losses[-1]:.4f})")
+    ax1.set_xlabel("step", fontsize=11)
+    ax1.set_ylabel("loss (max-margin + L2, log scale)", fontsize=11)
+    ax1.set_title(f"loss (last {losses[-1]:.4f})", fontsize=12)
     ax1.grid(alpha=0.3, which="both")
-    ax2.plot(steps, [100 * a for a in accuracies], color="#d95f02",
-             marker="." if len(losses) < 30 else None)
-    ax2.set(xlabel="step", ylabel="accuracy (%)",
-            title=f"training accuracy (last {100 * accuracies[-1]:.0f}%)",
-            ylim=(min(40, 100 * min(accuracies) - 5), 102))
+    ax2.plot(steps, [100 * a for a in accuracies], color="#d95f02", marker=marker,
+             label="training accuracy")
+    ax2.set_xlabel("step", fontsize=11)
+    ax2.set_ylabel("accuracy (%)", fontsize=11)
+    ax2.set_title(f"accuracy (last {100 * accuracies[-1]:.0f}%)", fontsize=12)
+    ax2.set_ylim(min(40, 100 * min(accuracies) - 5), 102)
     ax2.grid(alpha=0.3)
     for ax in (ax1, ax2):
         ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
+        ax.tick_params(labelsize=10)
+    fig.suptitle("MLP on the moons: training curves", fontsize=13)
     fig.tight_layout()
     cli.save_figure(fig, path)
 

@@ -163,24 +163,47 @@ def plot_counts(N, itos, path):
     """The lecture's annotated heat map: every cell shows its bigram and count."""
     plt = cli.pyplot()
     fig, ax = plt.subplots(figsize=(16, 16))
-    ax.imshow(N, cmap="Blues")
+    im = ax.imshow(N, cmap="Blues")
     for i in range(27):
         for j in range(27):
-            color = "white" if N[i, j] > 0.5 * N.max() else "gray"  # readable on dark cells
-            ax.text(j, i, itos[i] + itos[j], ha="center", va="bottom", color=color)
-            ax.text(j, i, str(N[i, j]), ha="center", va="top", color=color)
-    ax.set_title("bigram counts N[row, col]: how often col follows row")
-    ax.axis("off")
+            color = "white" if N[i, j] > 0.5 * N.max() else "dimgray"  # readable on dark cells
+            ax.text(j, i, itos[i] + itos[j], ha="center", va="bottom", color=color,
+                    fontsize=10)
+            ax.text(j, i, str(N[i, j]), ha="center", va="top", color=color, fontsize=10)
+    ax.set_title("bigram counts N[row, col]: how often character col follows row",
+                 fontsize=18, pad=14)
+    ax.set_xticks(range(27), [itos[j] for j in range(27)], fontsize=13)
+    ax.set_yticks(range(27), [itos[i] for i in range(27)], fontsize=13)
+    ax.xaxis.set_ticks_position("top")
+    ax.xaxis.set_label_position("top")
+    ax.tick_params(length=0)
+    ax.set_xlabel("next character (col)", fontsize=15)
+    ax.set_ylabel("current character (row)", fontsize=15)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    cbar.set_label("count", fontsize=15)
+    cbar.ax.tick_params(labelsize=13)
     cli.save_figure(fig, path)
 
 
 def plot_one_hot(xenc, path):
+    """The one-hot encoded inputs: one row per bigram of 'emma', one column per character."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 2.2))
-    ax.imshow(xenc, cmap="gray_r")
-    ax.set_title("one-hot inputs for the 5 bigrams of 'emma' (rows) over 27 characters")
-    ax.set_yticks(range(len(xenc)), [".e", "em", "mm", "ma", "a."])
-    ax.set_xlabel("character index")
+    from matplotlib.colors import ListedColormap
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    im = ax.imshow(xenc, cmap=ListedColormap(["white", "black"]), vmin=0, vmax=1,
+                   aspect="auto")
+    ax.set_title("one-hot inputs for the 5 bigrams of 'emma'", fontsize=12)
+    ax.set_yticks(range(len(xenc)), [".e", "em", "mm", "ma", "a."], fontsize=10)
+    ax.set_ylabel("bigram (input -> target)", fontsize=11)
+    ax.set_xlabel("character index (0 = '.', 1-26 = a-z)", fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.set_xticks(np.arange(-0.5, xenc.shape[1], 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(xenc), 1), minor=True)
+    ax.grid(which="minor", color="lightgray", lw=0.5)
+    ax.tick_params(which="minor", length=0)
+    cbar = fig.colorbar(im, ax=ax, ticks=[0, 1], fraction=0.04, pad=0.02)
+    cbar.set_label("one-hot value", fontsize=11)
+    cbar.ax.tick_params(labelsize=10)
     cli.save_figure(fig, path)
 
 

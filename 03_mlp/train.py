@@ -188,13 +188,17 @@ def sample_names(params, cfg, n, itos, max_len=100):
 
 # %% Figures
 def plot_lr_finder(lre, losses, path):
+    """Minibatch loss against the learning rate (log10), one step at each rate."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(lre, losses)
-    ax.set_xlabel("log10(learning rate)")
-    ax.set_ylabel("minibatch loss after one step at that rate")
-    ax.set_title("learning-rate finder: pick the valley before the loss climbs")
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(lre, losses, color="#1f5fa8", lw=1, label="loss after one step")
+    ax.set_xlabel("log10(learning rate)", fontsize=11)
+    ax.set_ylabel("minibatch loss (nats)", fontsize=11)
+    ax.set_title("learning-rate finder: pick the valley before the loss climbs",
+                 fontsize=12)
     ax.set_ylim(top=min(losses.max(), 3 * np.median(losses)))
+    ax.tick_params(labelsize=10)
+    ax.grid(alpha=0.3)
     cli.save_figure(fig, path)
 
 

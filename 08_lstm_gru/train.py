@@ -761,17 +761,25 @@ def smooth(values, n=100):
 def plot_losses(hists, held_out, path):
     """Training loss (mean over 100 steps, thin) and held-out loss (thick) per cell."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    from matplotlib.lines import Line2D
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    handles = []
     for cell, hist in hists.items():
         color = CELL_COLORS[cell]
         ax.plot(*smooth(hist["loss"]), color=color, lw=0.8, alpha=0.5)
-        ax.plot(hist["eval_steps"], hist["eval_loss"], color=color, lw=2,
-                label=f"{cell.upper()}: {held_out} {hist['eval_loss'][-1]:.4f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (thin: training, mean of 100 steps)")
+        handles += ax.plot(hist["eval_steps"], hist["eval_loss"], color=color, lw=2,
+                           label=f"{cell.upper()}: {held_out} {hist['eval_loss'][-1]:.4f}")
+    handles += [Line2D([], [], color="gray", lw=0.8, alpha=0.7,
+                       label="training (mean of 100 steps)"),
+                Line2D([], [], color="gray", lw=2, label=f"{held_out} (thick)")]
+    ax.set_xlabel("step", fontsize=11)
+    ax.set_ylabel("cross-entropy loss (nats/char)", fontsize=11)
+    ax.set_title(f"RNN vs GRU vs LSTM: training and {held_out} loss", fontsize=12)
     finals = [h["eval_loss"][-1] for h in hists.values()]
     ax.set_ylim(min(finals) - 0.15, min(finals) + 1.0)
-    ax.legend(title=f"{held_out} loss")
+    ax.legend(handles=handles, fontsize=10, title=f"final {held_out} loss",
+              title_fontsize=10)
+    ax.tick_params(labelsize=10)
     ax.grid(alpha=0.3)
     cli.save_figure(fig, path)
 
@@ -780,16 +788,17 @@ def plot_gradient_through_time(curves, path):
     """||dL/dx_t|| against the distance from the predicted position, log scale: one line per
     trained cell (solid) and at initialisation (dashed)."""
     plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
     for (cell, when), norms in curves.items():
         back = np.arange(len(norms))[::-1]                  # steps back from the end
         ax.semilogy(back, norms, color=CELL_COLORS[cell], ls="-" if when == "trained" else "--",
                     label=f"{cell.upper()} ({when})")
-    ax.set_xlabel("steps back from the predicted character")
-    ax.set_ylabel("mean ||dL / dx_t|| (the input's embedding)")
-    ax.set_title("how far back the gradient reaches")
+    ax.set_xlabel("distance from the predicted character (time steps)", fontsize=11)
+    ax.set_ylabel("mean ||dL/dx_t|| (log scale)", fontsize=11)
+    ax.set_title("how far back the gradient reaches (input embedding x_t)", fontsize=12)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.tick_params(labelsize=10)
+    ax.legend(fontsize=10, ncol=2)
     cli.save_figure(fig, path)
 
 
@@ -808,7 +817,7 @@ def plot_gates(hists, path):
     """Per cell: histograms of the gate's values at several points of training, and the
     saturated fraction over training."""
     plt = cli.pyplot()
-    fig, axes = plt.subplots(len(hists), 2, figsize=(10, 3.2 * len(hists)), squeeze=False)
+    fig, axes = plt.subplots(len(hists), 2, figsize=(7.5, 3.0 * len(hists)), squeeze=False)
     for row, (cell, hist) in zip(axes, hists.items()):
         steps, gates = hist["gate_steps"], hist["gates"]
         cmap = plt.get_cmap("viridis")
@@ -818,15 +827,25 @@ def plot_gates(hists, path):
             row[0].hist(gates[k].ravel(), bins=50, range=(lo, 1), histtype="step",
                         density=True, color=cmap(j / max(1, len(shown) - 1)),
                         label=f"step {steps[k]}")
-        row[0].set_title(f"{cell.upper()}: {GATE_NAME[cell]}")
-        row[0].legend(fontsize=7)
+        row[0].set_title(f"{cell.upper()}: {GATE_NAME[cell]}", fontsize=11)
+        row[0].set_xlabel("value" + (" of h" if cell == "rnn" else " of the gate"),
+                          fontsize=10)
+        row[0].set_ylabel("density", fontsize=10)
+        row[0].set_ylim(top=row[0].get_ylim()[1] * 1.6)  # room for the legend above
+        row[0].legend(fontsize=10, ncol=3, loc="upper center", handlelength=1.2,
+                      columnspacing=0.8, borderpad=0.3, labelspacing=0.2)
         row[1].plot(steps, [saturation(v, cell) for v in gates], marker="o",
-                    color=CELL_COLORS[cell])
+                    color=CELL_COLORS[cell], label=cell.upper())
         row[1].set_ylim(0, 1)
         row[1].set_title("fraction saturated (" + ("|h| > 0.95)" if cell == "rnn"
-                                                   else "< 0.05 or > 0.95)"))
-        row[1].set_xlabel("step")
+                                                   else "< 0.05 or > 0.95)"), fontsize=11)
+        row[1].set_xlabel("step", fontsize=10)
+        row[1].set_ylabel("fraction of values", fontsize=10)
+        row[1].legend(fontsize=10)
         row[1].grid(alpha=0.3)
+        for ax in row:
+            ax.tick_params(labelsize=10)
+    fig.suptitle("gate values over training, and how many are saturated", fontsize=12)
     fig.tight_layout()
     cli.save_figure(fig, path)
 
@@ -837,24 +856,28 @@ def plot_hidden_state(model, text, stoi, path):
     record = {}
     with no_grad():
         model(np.array([[stoi[ch] for ch in text]]), record=record)
-    panels = [("hidden state h", record[0]["h"][0].T, "RdBu_r", -1, 1)]
+    panels = [("hidden state h", record[0]["h"][0].T, "RdBu_r", -1, 1, "h (tanh range)")]
     if model.cell != "rnn":
         key = "z" if model.cell == "gru" else "f"
-        panels.append((GATE_NAME[model.cell], record[0][key][0].T, "viridis", 0, 1))
+        panels.append((GATE_NAME[model.cell], record[0][key][0].T, "viridis", 0, 1,
+                       f"{key} (sigmoid)"))
     plt = cli.pyplot()
     width = min(16, max(7, 3 + 0.22 * len(text)))
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels)), squeeze=False)
-    for ax, (title, values, cmap, lo, hi) in zip(axes[:, 0], panels):
+    for ax, (title, values, cmap, lo, hi, clabel) in zip(axes[:, 0], panels):
         im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
                        interpolation="nearest")
         ax.set_xticks(range(len(text)))
         ax.set_xticklabels([repr(ch)[1:-1] if ch in "\n\t" else ch for ch in text],
-                           fontsize=7 if len(text) > 40 else 10)
-        ax.set_ylabel("unit")
+                           fontsize=9 if len(text) > 40 else 10)
+        ax.set_ylabel("hidden unit (index)", fontsize=11)
         ax.set_title(f"{model.cell.upper()} {title}, reading {text[:40]!r}"
-                     + ("..." if len(text) > 40 else ""))
-        fig.colorbar(im, ax=ax, fraction=0.03)
-    axes[-1, 0].set_xlabel("character read at this step")
+                     + ("..." if len(text) > 40 else ""), fontsize=12)
+        ax.tick_params(axis="y", labelsize=10)
+        cbar = fig.colorbar(im, ax=ax, fraction=0.03)
+        cbar.set_label(clabel, fontsize=10)
+        cbar.ax.tick_params(labelsize=10)
+    axes[-1, 0].set_xlabel("character read at this step (time)", fontsize=11)
     fig.tight_layout()
     cli.save_figure(fig, path)
 
