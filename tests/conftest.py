@@ -23,6 +23,20 @@ if str(ROOT) not in sys.path:
 
 _loaded = {}
 
+# a short run of each stage (a few seconds), for the tests that run every stage; the
+# stage's defaults otherwise
+SHORT_RUNS = {
+    "01_micrograd": ["--steps", "2"],
+    "02_bigram": ["--steps", "30", "--samples", "2"],
+    "03_mlp": ["--steps", "50", "--samples", "2"],
+    "04_batchnorm": ["--steps", "50", "--samples", "2"],
+    "05_backprop_ninja": ["--exercise", "4", "--steps", "50", "--samples", "2"],
+    "06_wavenet": ["--steps", "50", "--samples", "2"],
+    "07_gpt": ["--steps", "30", "--n-layer", "1", "--n-embd", "16", "--block-size", "8",
+               "--eval-interval", "100", "--eval-iters", "2", "--max-new-tokens", "5"],
+    "08_lstm_gru": ["--steps", "30", "--eval-interval", "100", "--samples", "2"],
+}
+
 
 def load_stage(folder: str):
     """The module `<folder>/train.py`, imported once per test session."""

@@ -4,22 +4,9 @@ no traceback, no hang, nothing half-written. A run that diverges stops with one 
 import pytest
 
 from common import cli
-from conftest import assert_one_line_error, load_stage, run_script
+from conftest import SHORT_RUNS, assert_one_line_error, load_stage, run_script
 
-# a short run of each stage, and a learning rate that makes it diverge
-SHORT = {
-    "02_bigram": ["--steps", "30", "--samples", "2", "--no-plots"],
-    "03_mlp": ["--steps", "50", "--samples", "2", "--no-plots"],
-    "04_batchnorm": ["--steps", "50", "--samples", "2", "--no-plots"],
-    "05_backprop_ninja": ["--exercise", "4", "--steps", "50", "--samples", "2",
-                          "--no-plots"],
-    "06_wavenet": ["--steps", "50", "--samples", "2", "--no-plots"],
-    "07_gpt": ["--steps", "30", "--n-layer", "1", "--n-embd", "16", "--block-size", "8",
-               "--eval-interval", "100", "--eval-iters", "2", "--max-new-tokens", "5",
-               "--no-plots"],
-    "08_lstm_gru": ["--steps", "30", "--eval-interval", "100", "--samples", "2",
-                    "--no-plots"],
-}
+# a learning rate that makes each stage's short run diverge
 DIVERGE = {
     "02_bigram": ["--lr", "1e6"],
     "03_mlp": ["--lr", "1e6"],
@@ -29,6 +16,7 @@ DIVERGE = {
     "07_gpt": ["--lr", "10", "--warmup-steps", "0", "--grad-clip", "0"],
     "08_lstm_gru": ["--lr", "10", "--grad-clip", "0"],
 }
+SHORT = {stage: SHORT_RUNS[stage] + ["--no-plots"] for stage in DIVERGE}
 
 
 @pytest.mark.parametrize("stage", sorted(DIVERGE))

@@ -11,22 +11,10 @@ import sys
 import pytest
 
 from common import cli
-from conftest import ROOT
+from conftest import ROOT, SHORT_RUNS
 
 # a short run of each stage (the notebook runs the defaults)
-SHORT = {
-    "01_micrograd": ["--steps", "2", "--no-plots"],
-    "02_bigram": ["--steps", "2", "--samples", "1", "--no-plots"],
-    "03_mlp": ["--steps", "2", "--samples", "1", "--no-plots"],
-    "04_batchnorm": ["--steps", "2", "--samples", "1", "--no-plots"],
-    "05_backprop_ninja": ["--steps", "2", "--samples", "1", "--no-plots"],
-    "06_wavenet": ["--steps", "2", "--samples", "1", "--no-plots"],
-    "07_gpt": ["--steps", "2", "--n-layer", "1", "--n-embd", "16", "--block-size", "8",
-               "--eval-interval", "100", "--eval-iters", "2", "--max-new-tokens", "5",
-               "--no-plots"],
-    "08_lstm_gru": ["--steps", "2", "--eval-interval", "100", "--samples", "1",
-                    "--no-plots"],
-}
+SHORT = {stage: args + ["--no-plots"] for stage, args in SHORT_RUNS.items()}
 KERNEL_ARGV = ["/usr/lib/python3/site-packages/ipykernel_launcher.py", "-f",
                "/root/.local/share/jupyter/runtime/kernel-1234.json"]
 
