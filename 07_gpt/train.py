@@ -27,8 +27,8 @@ What it prints (measured; tests/benchmarks/README.md has the timings):
                     (nanoGPT's own variant of the recipe: 1.886)
     --model bigram  step 0: train 4.7305, val 4.7241; step 2700: 2.4738, 2.4911, the
                     lecture's prints digit for digit
-    lecture steps   single-head 2.4133, multi-head 2.2808, feed-forward 2.2490, residual
-                    2.0735, layernorm 2.0600 (the lecture: 2.4, 2.28, 2.24, 2.08, 2.06)
+    lecture steps   single-head 2.4133, multi-head 2.2808, feed-forward 2.2496, residual
+                    2.0736, layernorm 2.0598 (the lecture: 2.4, 2.28, 2.24, 2.08, 2.06)
     --preset lecture  10,788,929 parameters
 """
 
