@@ -42,5 +42,9 @@ def test_stage_runs_as_a_notebook(folder, tmp_path, monkeypatch):
     assert isinstance(result, dict) and result
 
 
-def test_in_notebook_is_false_in_a_script():
-    assert not cli.in_notebook() or "ipykernel" in sys.modules
+def test_a_script_is_not_a_notebook(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["03_mlp/train.py", "-f", "x.json"])
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert not cli.in_notebook()
+    monkeypatch.setattr(sys, "argv", KERNEL_ARGV)
+    assert cli.in_notebook()
