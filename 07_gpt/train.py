@@ -9,6 +9,8 @@ residual `Block`s with pre-LayerNorm, dropout and the `GPTLanguageModel`; AdamW 
 warmup, cosine decay and gradient clipping; checkpoints, `--resume`, `--sample`, BPE
 tokenizers. The default run computes every Head on its own, as the lecture types it;
 `--attention batched` is the lecture's exercise 1, all heads at once (the same numbers).
+Beyond the lecture: `--init-from gpt2` loads OpenAI's GPT-2 into the same classes, to
+sample from or fine-tune, and `--kv-cache` samples with a cache of keys and values.
 The engine gains transpose, permute, masked_fill, softmax, log_softmax, relu, gelu,
 dropout, split, cat, and fused linear, layer norm and attention ops. Stage 06's
 convolutional WaveNet is not carried on.
@@ -21,6 +23,9 @@ convolutional WaveNet is not carried on.
     python 07_gpt/train.py --preset lecture         # the lecture's 10.8M model (a day)
     python 07_gpt/train.py --tokenizer bpe --vocab-size 512
     python 07_gpt/train.py --attention batched      # all heads in one matmul
+    python 07_gpt/train.py --init-from gpt2 --weights W --sample --kv-cache  # GPT-2
+    python 07_gpt/train.py --init-from gpt2 --weights W   # GPT-2 fine-tuned on Shakespeare
+                                     # (W: GPT-2's model.safetensors; see the README)
 
 What it prints (measured; tests/benchmarks/README.md has the timings):
     default run     val loss 1.7757 (2.562 bits per character) after 2,000 steps
@@ -54,7 +59,7 @@ import numpy as np  # noqa: E402
 # from the folder above the stage's, where the notebook runs
 ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
 sys.path.insert(0, str(ROOT))
-from common import bpe, cli, data, rng  # noqa: E402
+from common import bpe, cli, data, rng, safetensors  # noqa: E402
 
 
 # %% Config
@@ -75,9 +80,15 @@ PRESETS = {
     "lecture": dict(LECTURE_STEPS, n_layer=6, n_head=6, n_embd=384,  # gpt.py
                     block_size=256, batch_size=64, dropout=0.2, lr=3e-4),
 }
+# fine-tuning GPT-2 (--init-from gpt2): nanoGPT's finetune_shakespeare recipe (a small,
+# constant learning rate, no dropout), with fewer tokens per step to suit a CPU
+GPT2_FINETUNE = dict(tokenizer="gpt2", activation="gelu", dropout=0.0, steps=200,
+                     batch_size=4, block_size=256, lr=3e-5, schedule="constant",
+                     warmup_steps=0,
+                     eval_interval=50, eval_iters=10, out="out/07_gpt2")
 # fixed by the checkpoint when resuming or sampling
-ARCHITECTURE = ("model", "n_layer", "n_head", "n_embd", "block_size", "activation",
-                "tokenizer", "vocab_size")
+ARCHITECTURE = ("model", "init_from", "n_layer", "n_head", "n_embd", "block_size",
+                "activation", "tokenizer", "vocab_size")
 
 
 @dataclass
@@ -90,6 +101,13 @@ class Config:
                                  "10.8M-parameter GPT (hours of CPU time). The other "
                                  "models default to the lecture's settings; flags given "
                                  "override", choices=("cpu", "lecture"))
+    init_from: str = cli.arg("scratch", "'scratch': a new model, randomly initialized; "
+                                        "'gpt2': OpenAI's GPT-2 from --weights (its size "
+                                        "follows from the file; GPT-2's tokenizer and "
+                                        "GELU), to --sample from or to fine-tune",
+                             choices=("scratch", "gpt2"))
+    weights: str = cli.arg("", "with --init-from gpt2: the model.safetensors file Hugging "
+                               "Face publishes for gpt2 (or gpt2-medium, -large, -xl)")
     n_layer: int = cli.arg(4, "transformer blocks", min=1, max=96)
     n_head: int = cli.arg(4, "attention heads per block (head size: n_embd / n_head)",
                           min=1, max=128)
@@ -143,6 +161,9 @@ class Config:
     temperature: float = cli.arg(1.0, "divide the logits by this before sampling (< 1: "
                                       "safer, > 1: wilder)", min=1e-3, max=100)
     top_k: int = cli.arg(0, "sample among the k most likely tokens only (0: all)", min=0)
+    kv_cache: bool = cli.arg(False, "sample with a KV cache: each layer keeps the keys and "
+                                    "values of the tokens so far, so a new token costs one "
+                                    "position, not the whole context (the same tokens)")
 
     def check(self):
         cli.check(self.preset == "cpu" or self.model == "gpt",
@@ -153,12 +174,19 @@ class Config:
                   f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
         cli.check(self.min_lr <= self.lr or self.schedule == "constant",
                   f"--min-lr {self.min_lr} must not exceed --lr {self.lr}")
+        if self.init_from == "gpt2":
+            cli.check(self.model == "gpt" and self.preset == "cpu", "--init-from gpt2 "
+                      "loads the full GPT: use it without --model and --preset")
+            cli.check(self.tokenizer == "gpt2" and self.activation == "gelu", "GPT-2 needs "
+                      "its own tokenizer and GELU: drop --tokenizer and --activation")
 
 
 def presets(given, args):
     """The chosen model's (or preset's) settings, for every flag not given: `--model
     bigram` trains like bigram.py, the intermediate models like the lecture's steps,
-    `--preset lecture` like gpt.py."""
+    `--preset lecture` like gpt.py, `--init-from gpt2` fine-tunes GPT-2."""
+    if "init_from" in given and args["init_from"] == "gpt2":
+        return GPT2_FINETUNE
     model = args["model"] if "model" in given else "gpt"
     if model == "bigram":
         return PRESETS["bigram"]
@@ -377,6 +405,19 @@ class GELU(Module):
         return x.gelu()
 
 
+class TiedLinear(Module):
+    """GPT-2's output layer, tied to the token embedding: logits = x @ wte^T, no bias. One
+    table serves both ends (a token's vector in and its score out), so its gradient sums
+    both uses. The embedding is kept in a tuple, which parameters() does not look into:
+    the table is listed once, under the embedding."""
+
+    def __init__(self, embedding):
+        self.tied = (embedding,)
+
+    def forward(self, x):
+        return x @ self.tied[0].weight.transpose(0, 1)  # (B, T, C) @ (C, vocab)
+
+
 class Identity(Module):
     """Passes its input through: stands in for a LayerNorm the early models lack."""
 
@@ -397,16 +438,42 @@ class Sequential(Module):
 
 
 # %% Model: the transformer
+class KVCache:
+    """The keys and values of the tokens seen so far, for one head (B, T, hs) or for a
+    layer's heads at once (B, H, T, hs), while sampling. A new token's query attends to
+    every earlier key, and those keys and values never change (each depends only on its
+    own token and position): keeping them, each step computes the new token's alone."""
+
+    def __init__(self, block_size):
+        self.block_size = block_size
+        self.k = self.v = None  # room for block_size positions, allocated on first use
+        self.length = 0         # positions stored
+
+    def extend(self, k, v):
+        """Store the new positions' k and v (Tensors, positions on axis -2) after the
+        ones before; return all of them, as Tensors (sampling records no graph)."""
+        T = k.shape[-2]
+        if self.k is None:
+            shape = k.shape[:-2] + (self.block_size, k.shape[-1])
+            self.k, self.v = np.empty(shape, k.data.dtype), np.empty(shape, v.data.dtype)
+        self.k[..., self.length:self.length + T, :] = k.data
+        self.v[..., self.length:self.length + T, :] = v.data
+        self.length += T
+        return Tensor(self.k[..., :self.length, :]), Tensor(self.v[..., :self.length, :])
+
+
 class Head(Module):
     """one head of self-attention"""
 
     keep_att = False  # keep the attention weights of the forward pass (for the figure)
+    cache = None      # a KVCache while sampling with --kv-cache
 
-    def __init__(self, n_embd, head_size, block_size, dropout=0.0, generator=None):
+    def __init__(self, n_embd, head_size, block_size, dropout=0.0, generator=None,
+                 bias=False):
         self.head_size = head_size
-        self.key = Linear(n_embd, head_size, bias=False, generator=generator)
-        self.query = Linear(n_embd, head_size, bias=False, generator=generator)
-        self.value = Linear(n_embd, head_size, bias=False, generator=generator)
+        self.key = Linear(n_embd, head_size, bias=bias, generator=generator)
+        self.query = Linear(n_embd, head_size, bias=bias, generator=generator)
+        self.value = Linear(n_embd, head_size, bias=bias, generator=generator)
         self.tril = np.tril(np.ones((block_size, block_size), dtype=np.float32))  # buffer
         self.dropout = Dropout(dropout, generator)
 
@@ -414,16 +481,21 @@ class Head(Module):
         B, T, C = x.shape
         k = self.key(x)                                   # (B, T, hs) what I contain
         q = self.query(x)                                 # (B, T, hs) what I look for
+        v = self.value(x)                                 # (B, T, hs) what I tell
+        t0 = 0  # x's first position: > 0 when the cache holds the tokens before x
+        if self.cache is not None:
+            t0 = self.cache.length
+            k, v = self.cache.extend(k, v)                # (B, t0 + T, hs) the past too
         # affinities: (B, T, hs) @ (B, hs, T) -> (B, T, T). Scaled by 1/sqrt(head_size)
         # so that for unit-variance q and k the scores have variance ~1 and the softmax
         # stays diffuse at initialization instead of converging on one token.
         wei = q @ k.transpose(-2, -1) * self.head_size**-0.5
-        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # no future
+        wei = wei.masked_fill(self.tril[t0:t0 + T, :t0 + T] == 0,
+                              float("-inf"))              # no future
         wei = wei.softmax(dim=-1)                         # (B, T, T) rows sum to 1
         if self.keep_att:
             self.att = wei.data
         wei = self.dropout(wei)
-        v = self.value(x)                                 # (B, T, hs) what I tell
         return wei @ v                                    # (B, T, T) @ (B, T, hs)
 
 
@@ -431,10 +503,11 @@ class MultiHeadAttention(Module):
     """multiple heads of self-attention in parallel"""
 
     keep_att = False
+    cache = None  # with --attention batched: a KVCache while sampling with --kv-cache
 
     def __init__(self, num_heads, head_size, n_embd, block_size, dropout=0.0,
-                 generator=None, proj=True, batched=False):
-        self.heads = [Head(n_embd, head_size, block_size, dropout, generator)
+                 generator=None, proj=True, batched=False, bias=False):
+        self.heads = [Head(n_embd, head_size, block_size, dropout, generator, bias)
                       for _ in range(num_heads)]
         # the projection back into the residual stream (from the lecture's residual step)
         self.proj = Linear(head_size * num_heads, n_embd, generator=generator) \
@@ -456,12 +529,16 @@ class MultiHeadAttention(Module):
         every head's q, k and v, one fused op attends for all heads (tested equal)."""
         B, T, C = x.shape
         H, hs = len(self.heads), self.heads[0].head_size
-        W = cat([h.query.weight for h in self.heads] + [h.key.weight for h in self.heads]
-                + [h.value.weight for h in self.heads], dim=1)   # (C, 3 * H * hs)
-        q, k, v = (x @ W).split(H * hs, dim=2)                  # each (B, T, H * hs)
+        layers = [h.query for h in self.heads] + [h.key for h in self.heads] + \
+            [h.value for h in self.heads]
+        W = cat([m.weight for m in layers], dim=1)               # (C, 3 * H * hs)
+        b = cat([m.bias for m in layers]) if layers[0].bias is not None else None
+        q, k, v = linear(x, W, b).split(H * hs, dim=2)          # each (B, T, H * hs)
         q = q.view(B, T, H, hs).transpose(1, 2)                  # (B, H, T, hs)
         k = k.view(B, T, H, hs).transpose(1, 2)
         v = v.view(B, T, H, hs).transpose(1, 2)
+        if self.cache is not None:
+            k, v = self.cache.extend(k, v)                       # (B, H, t0 + T, hs)
         drop = self.heads[0].dropout
         y, att = scaled_dot_product_attention(
             q, k, v, drop.p if self.training else 0.0, drop.generator)  # (B, H, T, hs)
@@ -498,9 +575,11 @@ class Block(Module):
 
     def __init__(self, cfg, generator=None):
         head_size = cfg.n_embd // cfg.n_head
+        # GPT-2's queries, keys and values have biases; the lecture's do not
         self.sa = MultiHeadAttention(cfg.n_head, head_size, cfg.n_embd, cfg.block_size,
                                      cfg.dropout, generator,
-                                     batched=cfg.attention == "batched")
+                                     batched=cfg.attention == "batched",
+                                     bias=cfg.init_from == "gpt2")
         self.ffwd = FeedForward(cfg.n_embd, cfg.dropout, generator,
                                 activation=cfg.activation)
         # the residual step has no LayerNorm yet; pre-norm from the layernorm step on
@@ -518,27 +597,51 @@ class LanguageModel(Module):
     """What the bigram and the GPT share: sampling, one token at a time."""
 
     block_size = 1  # the most tokens forward() looks at
+    cached = 0      # positions the KV caches hold (see use_kv_cache)
 
     def generate(self, idx, max_new_tokens, generator=None, temperature=1.0, top_k=0,
-                 on_token=None):
+                 on_token=None, kv_cache=False):
         """Extend idx (B, T) by max_new_tokens tokens, each drawn from the softmax of the
         last position's logits (with torch.multinomial's default, no replacement);
-        on_token(id) is called as each one comes (to stream it)."""
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.block_size:]        # crop to the context length
-            with no_grad():
-                logits, _ = self(idx_cond)
-            logits = logits.data[:, -1, :] / np.float32(temperature)  # (B, vocab)
-            if top_k:
-                kth = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1]), None]
-                logits = np.where(logits < kth, -np.inf, logits)
-            probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            probs /= probs.sum(axis=-1, keepdims=True)  # F.softmax
-            idx_next = rng.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-            idx = np.concatenate([idx, idx_next], axis=1)
-            if on_token is not None:
-                on_token(int(idx_next[0, 0]))
+        on_token(id) is called as each one comes (to stream it). With kv_cache, only the
+        tokens the caches have not seen go through the model (the same logits)."""
+        try:
+            for _ in range(max_new_tokens):
+                idx_cond = idx[:, -self.block_size:]        # crop to the context length
+                if kv_cache:
+                    idx_cond = self.uncached(idx_cond)
+                with no_grad():
+                    logits, _ = self(idx_cond)
+                if kv_cache:
+                    self.cached += idx_cond.shape[1]    # in the caches now
+                logits = logits.data[:, -1, :] / np.float32(temperature)  # (B, vocab)
+                if top_k:
+                    kth = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1]), None]
+                    logits = np.where(logits < kth, -np.inf, logits)
+                probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+                probs /= probs.sum(axis=-1, keepdims=True)  # F.softmax
+                idx_next = rng.multinomial(probs, num_samples=1,
+                                           generator=generator)  # (B, 1)
+                idx = np.concatenate([idx, idx_next], axis=1)
+                if on_token is not None:
+                    on_token(int(idx_next[0, 0]))
+        finally:
+            self.use_kv_cache(False)  # free the caches; forward() back to whole windows
         return idx
+
+    def uncached(self, idx_cond):
+        """The tokens of the window idx_cond (B, T) that the KV caches have not seen
+        (after the first step: the last one). Once the text outgrows the context, the
+        window slides and every token changes position: the caches start again each
+        step, as slow as no cache (and the same numbers)."""
+        if not 0 < self.cached < idx_cond.shape[1]:
+            self.use_kv_cache(True)
+        return idx_cond[:, self.cached:]
+
+    def use_kv_cache(self, on):
+        """Start empty KV caches (on) or drop them (off). The bigram looks at one token:
+        it has nothing to cache."""
+        self.cached = 0
 
 
 class BigramLanguageModel(LanguageModel):
@@ -581,7 +684,10 @@ class GPTLanguageModel(LanguageModel):
         else:
             self.blocks = Sequential([Block(cfg, g) for _ in range(cfg.n_layer)])
             self.ln_f = LayerNorm(C) if cfg.model != "residual" else Identity()
-        self.lm_head = Linear(C, vocab_size, generator=g)
+        if cfg.init_from == "gpt2":  # GPT-2 reuses the token embeddings as lm_head
+            self.lm_head = TiedLinear(self.token_embedding_table)
+        else:
+            self.lm_head = Linear(C, vocab_size, generator=g)
         if cfg.model == "gpt":  # gpt.py's initialization
             self.apply(lambda m: self._init_weights(m, g))
 
@@ -600,8 +706,9 @@ class GPTLanguageModel(LanguageModel):
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
+        t0 = self.cached  # idx's first position: > 0 when KV caches hold the ones before
         tok_emb = self.token_embedding_table(idx)                  # (B, T, C)
-        pos_emb = self.position_embedding_table(np.arange(T))      # (T, C)
+        pos_emb = self.position_embedding_table(np.arange(t0, t0 + T))  # (T, C)
         x = tok_emb + pos_emb                                      # (B, T, C)
         if hasattr(self, "sa_head"):
             x = self.sa_head(x)                                    # (B, T, C)
@@ -617,6 +724,15 @@ class GPTLanguageModel(LanguageModel):
         B, T, V = logits.shape
         loss = cross_entropy(logits.view(B * T, V), targets.reshape(B * T))
         return logits, loss
+
+    def use_kv_cache(self, on):
+        """Give every attention module an empty KVCache (on), or none (off): each Head
+        its own, or, with --attention batched, each layer one for all its heads."""
+        def give(m):
+            if isinstance(m, (Head, MultiHeadAttention)):
+                m.cache = KVCache(self.block_size) if on else None
+        self.apply(give)
+        self.cached = 0
 
     def attention_maps(self, idx):
         """Per layer, each head's (T, T) attention weights on the passage idx (1, T)."""
@@ -634,10 +750,117 @@ class GPTLanguageModel(LanguageModel):
         return [block.sa.attention_maps() for block in self.blocks.layers]
 
 
-def build_model(cfg, vocab_size, generator):
+class NoDraws(rng.Generator):
+    """Stands in for the generator while building a model whose weights all come from a
+    file next (GPT-2's, or a checkpoint's): every weight starts at zero, since drawing
+    numbers only to replace them takes time (half a minute for GPT-2's 124M)."""
+
+    def uniform(self, size, low=0.0, high=1.0):
+        return np.zeros(size, dtype=np.float32)
+
+    def normal(self, size, mean=0.0, std=1.0):
+        return np.zeros(size, dtype=np.float32)
+
+
+def build_model(cfg, vocab_size, generator, draw=True):
+    """The model cfg describes, its weights drawn from `generator`; with draw=False, all
+    zeros, to be loaded (dropout draws from `generator` either way)."""
+    init = generator if draw else NoDraws()
     if cfg.model == "bigram":
-        return BigramLanguageModel(vocab_size, generator)
-    return GPTLanguageModel(cfg, vocab_size, generator)
+        return BigramLanguageModel(vocab_size, init)
+    model = GPTLanguageModel(cfg, vocab_size, init)
+    model.apply(lambda m: setattr(m, "generator", generator) if isinstance(m, Dropout)
+                else None)
+    return model
+
+
+# %% Model: GPT-2's weights
+# OpenAI's GPT-2 is this GPT, larger: 12 to 48 blocks, GELU (tanh approximation),
+# LayerNorm eps 1e-5, 1,024 learned positions, biases in every Linear, including the
+# queries, keys and values, and lm_head tied to the token embedding (--init-from gpt2
+# builds those). Its published weights (Hugging Face's model.safetensors) map one to one
+# onto our modules. GPT-2 computes the q, k, v of all heads with ONE (C, 3C) matrix,
+# c_attn: our heads' matrices are its column blocks. Its Linears (Conv1D) store their
+# weights (in, out), as our Linear does: none needs a transpose (nanoGPT, whose Linear is
+# torch's (out, in), transposes these four).
+GPT2_HEAD_SIZE = 64  # in every GPT-2: n_head = n_embd / 64
+GPT2_SIZES = {(12, 768): "124M", (24, 1024): "355M", (36, 1280): "774M",
+              (48, 1600): "1.5B"}
+
+
+def gpt2_names(model):
+    """{GPT-2's name of a tensor: [our tensors that hold it, side by side on its last
+    axis]}; lm_head is not listed (it is wte)."""
+    names = {"wte.weight": [model.token_embedding_table.weight],
+             "wpe.weight": [model.position_embedding_table.weight]}
+    for i, block in enumerate(model.blocks.layers):
+        heads, (fc, _, proj, _) = block.sa.heads, block.ffwd.net.layers
+        qkv = [h.query for h in heads] + [h.key for h in heads] + [h.value for h in heads]
+        for gpt2, ours in (("ln_1", block.ln1), ("attn.c_proj", block.sa.proj),
+                           ("ln_2", block.ln2), ("mlp.c_fc", fc), ("mlp.c_proj", proj)):
+            names[f"h.{i}.{gpt2}.weight"] = [ours.weight]
+            names[f"h.{i}.{gpt2}.bias"] = [ours.bias]
+        names[f"h.{i}.attn.c_attn.weight"] = [m.weight for m in qkv]  # (C, 3C)
+        names[f"h.{i}.attn.c_attn.bias"] = [m.bias for m in qkv]      # (3C,)
+    names["ln_f.weight"], names["ln_f.bias"] = [model.ln_f.weight], [model.ln_f.bias]
+    return names
+
+
+def read_gpt2(cfg, given):
+    """(cfg sized like the GPT-2 in --weights, its tensors by GPT-2 name). The sizes follow
+    from the shapes: vocabulary and n_embd from wte, the context from wpe, n_layer from the
+    h.N blocks, n_head = n_embd / 64 unless --n-head is given. Keys may start with
+    'transformer.'; the attention-mask buffers (attn.bias) are skipped."""
+    cli.check(cfg.weights, "--init-from gpt2 needs --weights PATH: the model.safetensors "
+                           "file of gpt2 (07_gpt/README.md says where to get it)")
+    source = f"{cfg.weights}"
+    tensors = {}
+    for name, array in safetensors.load(cfg.weights).items():
+        name = name.removeprefix("transformer.")
+        if not name.endswith((".attn.bias", ".attn.masked_bias")):
+            tensors[name] = array
+    wte, wpe = tensors.get("wte.weight"), tensors.get("wpe.weight")
+    cli.check(wte is not None and wte.ndim == 2 and wpe is not None and wpe.ndim == 2,
+              f"{source} is not a GPT-2: no 2-D wte.weight and wpe.weight")
+    lm_head = tensors.pop("lm_head.weight", None)
+    cli.check(lm_head is None or np.array_equal(lm_head, wte),
+              f"{source}: lm_head.weight differs from wte.weight (GPT-2 ties them)")
+    (vocab, n_embd), n_positions = wte.shape, wpe.shape[0]
+    cli.check(vocab == bpe.gpt2().vocab_size, f"{source} has {vocab:,} tokens; GPT-2's "
+              f"tokenizer has {bpe.gpt2().vocab_size:,}")
+    n_layer = len({name.split(".")[1] for name in tensors if name.startswith("h.")})
+    n_head = cfg.n_head if "n_head" in given else max(1, n_embd // GPT2_HEAD_SIZE)
+    block_size = cfg.block_size if "block_size" in given or not cfg.sample else n_positions
+    cli.check(n_layer >= 1 and n_embd % n_head == 0, f"{source}: {n_layer} layers and "
+              f"n_embd {n_embd} do not make a GPT-2 with {n_head} heads")
+    cli.check(block_size <= n_positions, f"--block-size {block_size} is beyond GPT-2's "
+                                         f"context of {n_positions} positions")
+    cfg = replace(cfg, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size)
+    cli.check_config(cfg)
+    return cfg, tensors
+
+
+def load_gpt2(cfg, tensors, generator):
+    """Our GPT with GPT-2's weights: each tensor checked for its shape, then put in place
+    (safetensors.load's arrays are writable copies: fine-tuning changes them)."""
+    model = build_model(cfg, bpe.gpt2().vocab_size, generator, draw=False)
+    names = gpt2_names(model)
+    missing = [name for name in names if name not in tensors]
+    extra = [name for name in tensors if name not in names]
+    if missing or extra:
+        raise cli.UserError(f"{cfg.weights} is not GPT-2's layout: " + (
+            f"no {missing[0]}" if missing else f"unexpected {extra[0]}") +
+            f" ({len(missing)} missing, {len(extra)} unexpected)")
+    for name, ours in names.items():
+        array = tensors[name]
+        if name == "wpe.weight":
+            array = array[:cfg.block_size]  # a shorter context keeps the first positions
+        want = ours[0].shape[:-1] + (sum(p.shape[-1] for p in ours),)
+        cli.check(array.shape == want, f"{cfg.weights}: {name} has shape "
+                  f"{list(array.shape)}; a GPT-2 with these sizes needs {list(want)}")
+        for p, part in zip(ours, np.split(array, len(ours), axis=-1)):
+            p.data = np.ascontiguousarray(part, dtype=np.float32)  # q/k/v: copies
+    return model
 
 
 # %% Training
@@ -907,7 +1130,7 @@ def sample(model, tok, cfg, g, ids, stream=True):
     pieces = []
     model.eval()
     model.generate(idx, cfg.max_new_tokens, g, cfg.temperature, cfg.top_k,
-                   printer(tok, pieces) if stream else None)
+                   printer(tok, pieces) if stream else None, cfg.kv_cache)
     model.train()
     return "".join(pieces)
 
@@ -921,23 +1144,36 @@ def tokenizer_of(saved, meta, out):
     return bpe.Tokenizer.load(Path(out) / meta["tokenizer_dir"])
 
 
-def sample_main(cfg):
-    """--sample: load the checkpoint in --out and stream a sample."""
-    path = Path(cfg.out) / "ckpt.npz"
-    saved, meta = load_checkpoint(path)
-    tok = tokenizer_of(saved, meta, cfg.out)
-    ids = encode_prompt(tok, cfg.prompt)
-    check_size(saved, tok.vocab_size)
-    model = build_model(saved, tok.vocab_size, rng.Generator(saved.seed))
-    load_state(path, model, None, None)
-    print(f"[{path}: {saved.model} model, step {meta['step']}, val loss "
-          f"{meta['best_val']:.4f}; temperature {cfg.temperature}, "
-          f"top-k {cfg.top_k or 'off'}, seed {cfg.seed}]", flush=True)
+def sample_main(cfg, given):
+    """--sample: load the checkpoint in --out (or, with --init-from gpt2, GPT-2's weights)
+    and stream a sample."""
+    if cfg.init_from == "gpt2":
+        tok = bpe.gpt2()
+        ids = encode_prompt(tok, cfg.prompt)
+        saved, tensors = read_gpt2(cfg, given)
+        check_size(replace(saved, batch_size=1), tok.vocab_size)
+        model = load_gpt2(saved, tensors, rng.Generator(saved.seed))
+        size = GPT2_SIZES.get((saved.n_layer, saved.n_embd), "of a custom size")
+        about = (f"{cfg.weights}: GPT-2 {size}, {saved.n_layer} layers, {saved.n_head} "
+                 f"heads, n_embd {saved.n_embd}, context {saved.block_size}")
+    else:
+        path = Path(cfg.out) / "ckpt.npz"
+        saved, meta = load_checkpoint(path)
+        tok = tokenizer_of(saved, meta, cfg.out)
+        ids = encode_prompt(tok, cfg.prompt)
+        check_size(saved, tok.vocab_size)
+        model = build_model(saved, tok.vocab_size, rng.Generator(saved.seed), draw=False)
+        load_state(path, model, None, None)
+        about = (f"{path}: {saved.model} model, step {meta['step']}, val loss "
+                 f"{meta['best_val']:.4f}")
+    print(f"[{about}; temperature {cfg.temperature}, top-k {cfg.top_k or 'off'}, "
+          f"seed {cfg.seed}{', KV cache' if cfg.kv_cache else ''}]", flush=True)
     g = rng.Generator(cfg.seed)
     sys.stdout.write(cfg.prompt)
     start = time.perf_counter()
     text = sample(model, tok, replace(saved, max_new_tokens=cfg.max_new_tokens,
-                                      temperature=cfg.temperature, top_k=cfg.top_k), g, ids)
+                                      temperature=cfg.temperature, top_k=cfg.top_k,
+                                      kv_cache=cfg.kv_cache), g, ids)
     seconds = time.perf_counter() - start
     print(f"\n[{cfg.max_new_tokens} tokens in {seconds:.1f}s: "
           f"{cfg.max_new_tokens / max(seconds, 1e-9):.0f} tokens/s]")
@@ -1134,10 +1370,12 @@ def main(argv=None) -> dict:
                                   presets=presets, with_given=True)
     cli.keep_freed_memory()  # big arrays every step: keep their memory for the next one
     if cfg.sample:
-        return sample_main(cfg)
-    meta = None
+        return sample_main(cfg, given)
+    meta = gpt2 = None
     if cfg.resume:
         cfg, meta = resume_config(cfg, given)
+    elif cfg.init_from == "gpt2":
+        cfg, gpt2 = read_gpt2(cfg, given)
     out = cli.out_dir(cfg.out)
 
     text = data.load_shakespeare()
@@ -1166,7 +1404,11 @@ def main(argv=None) -> dict:
 
     g = rng.manual_seed(cfg.seed)  # torch.manual_seed: init, batches, dropout, sampling
     check_size(cfg, tok.vocab_size)
-    model = build_model(cfg, tok.vocab_size, g)
+    if gpt2 is not None:
+        model = load_gpt2(cfg, gpt2, g)
+        print(f"GPT-2 from {cfg.weights}, fine-tuned on tiny Shakespeare")
+    else:  # resuming: the checkpoint's weights replace the drawn ones
+        model = build_model(cfg, tok.vocab_size, g, draw=not cfg.resume)
     n_params = sum(p.data.size for p in model.parameters())
     print(describe(cfg, n_params))
     optimizer = AdamW(model.named_parameters(), cfg.lr, betas=(0.9, cfg.beta2),
@@ -1866,14 +2108,15 @@ def scaled_dot_product_attention(q, k, v, dropout_p=0.0, generator=None):
     lecture's Head (q @ k^T / sqrt(head_size), mask the future, softmax, dropout, @ v) on
     (B, H, T, hs) arrays, with the backward pass written out, so no (B, H, T, T)
     intermediate is kept but the attention weights themselves. Returns (out, weights)."""
-    T, hs = q.shape[-2], q.shape[-1]
+    Tq, Tk, hs = q.shape[-2], k.shape[-2], q.shape[-1]
     qs = q.data * hs**-0.5                  # scaling q is cheaper than scaling q @ k^T
-    att = qs @ np.swapaxes(k.data, -1, -2)                 # (B, H, T, T) affinities
+    att = qs @ np.swapaxes(k.data, -1, -2)                 # (B, H, Tq, Tk) affinities
     # softmax over each row. Subtracting the row's max only keeps exp() from overflowing
     # (it does not change the result); numpy's max over short rows is slow, so it is
     # skipped when no affinity is big enough to over- or underflow float32's exp()
     big = not -60 < att.min() <= att.max() < 60
-    att += np.triu(np.full((T, T), -np.inf, dtype=att.dtype), 1)  # no looking ahead
+    # no looking ahead (with a KV cache, the Tq queries are the last of Tk positions)
+    att += np.triu(np.full((Tq, Tk), -np.inf, dtype=att.dtype), Tk - Tq + 1)
     if big:
         att -= att.max(axis=-1, keepdims=True)
     np.exp(att, out=att)                                   # in place: exp(-inf) = 0

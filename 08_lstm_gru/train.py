@@ -1726,14 +1726,15 @@ def scaled_dot_product_attention(q, k, v, dropout_p=0.0, generator=None):
     lecture's Head (q @ k^T / sqrt(head_size), mask the future, softmax, dropout, @ v) on
     (B, H, T, hs) arrays, with the backward pass written out, so no (B, H, T, T)
     intermediate is kept but the attention weights themselves. Returns (out, weights)."""
-    T, hs = q.shape[-2], q.shape[-1]
+    Tq, Tk, hs = q.shape[-2], k.shape[-2], q.shape[-1]
     qs = q.data * hs**-0.5                  # scaling q is cheaper than scaling q @ k^T
-    att = qs @ np.swapaxes(k.data, -1, -2)                 # (B, H, T, T) affinities
+    att = qs @ np.swapaxes(k.data, -1, -2)                 # (B, H, Tq, Tk) affinities
     # softmax over each row. Subtracting the row's max only keeps exp() from overflowing
     # (it does not change the result); numpy's max over short rows is slow, so it is
     # skipped when no affinity is big enough to over- or underflow float32's exp()
     big = not -60 < att.min() <= att.max() < 60
-    att += np.triu(np.full((T, T), -np.inf, dtype=att.dtype), 1)  # no looking ahead
+    # no looking ahead (with a KV cache, the Tq queries are the last of Tk positions)
+    att += np.triu(np.full((Tq, Tk), -np.inf, dtype=att.dtype), Tk - Tq + 1)
     if big:
         att -= att.max(axis=-1, keepdims=True)
     np.exp(att, out=att)                                   # in place: exp(-inf) = 0
