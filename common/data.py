@@ -10,12 +10,18 @@ truncated or edited file is reported by name instead of silently changing every 
 
     text = load_shakespeare()                   # 1,115,394 characters
     chars = sorted(set(text))                   # 65 characters, '\\n' and ' ' first
+
+    (Xtr, Ytr), (Xte, Yte) = load_fashion_mnist()  # 60,000 / 10,000 uint8 28 x 28 images
+    FASHION_CLASSES[Ytr[0]]                     # 'Ankle boot'
+    X, Y = load_mnist5k()                       # 5,000 digits, 500 of each, sorted by digit
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import random
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,18 @@ SHA256 = {
     "tinyshakespeare.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
     "r50k_base.tiktoken": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
     "cl100k_base.tiktoken": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "fashion-train-images-idx3-ubyte.gz":
+        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "fashion-train-labels-idx1-ubyte.gz":
+        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "fashion-t10k-images-idx3-ubyte.gz":
+        "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "fashion-t10k-labels-idx1-ubyte.gz":
+        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+    "mnist5k-images-idx3-ubyte.gz":
+        "48e13f85a421673a98f8683b95f79e04dfb31dd4454840908b4c2ae71cb1b29a",
+    "mnist5k-labels-idx1-ubyte.gz":
+        "b87ffd33979c6c37d1d57891359eb8be61e061ddda9156bfdc82c06710f1abcc",
 }
 
 
@@ -144,3 +162,78 @@ def train_val_split(data: np.ndarray, train_fraction: float = 0.9):
     111,540 characters)."""
     n = int(train_fraction * len(data))
     return data[:n], data[n:]
+
+
+# ---------------------------------------------------------------------------------------
+# images: Fashion-MNIST and a 5,000-digit MNIST sample, both gzip-compressed IDX files
+
+IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic 0x00000803 (uint8, 3 dims), 0x00000801 (1 dim)
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def read_idx(name: str, data_dir: Path | None = None) -> np.ndarray:
+    """A gzip-compressed IDX file as a uint8 array: images (magic 2051) as (N, rows, cols),
+    labels (magic 2049) as (N,). The header is big-endian: the magic number, then one
+    4-byte size per dimension, then the pixels or labels, one byte each, row by row.
+
+    >>> read_idx("mnist5k-labels-idx1-ubyte.gz").shape
+    (5000,)
+    """
+    path = Path(data_dir or DATA_DIR) / name
+    raw = read_bytes(name, data_dir)  # verifies the sha256 of a shipped file
+    try:
+        buf = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"data file {path} is not a valid gzip file ({e})") from None
+    magic = int.from_bytes(buf[:4], "big")
+    if len(buf) < 4 or magic not in (IDX_IMAGES, IDX_LABELS):
+        raise DataError(f"data file {path} is not an IDX file of uint8 images or labels "
+                        f"(magic number {magic}, expected {IDX_IMAGES} or {IDX_LABELS})")
+    ndim = magic & 0xFF  # the magic's last byte is the number of dimensions: 3 or 1
+    start = 4 + 4 * ndim
+    if len(buf) < start:
+        raise DataError(f"data file {path} is cut short inside its IDX header")
+    shape = tuple(int.from_bytes(buf[i:i + 4], "big") for i in range(4, start, 4))
+    size = int(np.prod(shape))
+    if len(buf) - start != size:
+        dims = " x ".join(f"{n:,}" for n in shape)
+        raise DataError(f"data file {path} has {len(buf) - start:,} bytes of data but its "
+                        f"header says {dims} = {size:,}")
+    # copy, so the array is writable and owns its memory (the decompressed bytes are freed)
+    return np.frombuffer(buf, dtype=np.uint8, offset=start).reshape(shape).copy()
+
+
+def load_idx_pair(images_name: str, labels_name: str, data_dir: Path | None = None):
+    """(X, Y): images (N, 28, 28) and labels (N,) in 0..9, both uint8, checked to agree."""
+    X, Y = read_idx(images_name, data_dir), read_idx(labels_name, data_dir)
+    path = Path(data_dir or DATA_DIR)
+    if X.ndim != 3 or X.shape[1:] != (28, 28):
+        raise DataError(f"data file {path / images_name} does not hold 28 x 28 images "
+                        f"(shape {X.shape})")
+    if Y.ndim != 1 or len(Y) != len(X):
+        raise DataError(f"data file {path / labels_name} does not hold one label per image "
+                        f"of {images_name} (shape {Y.shape}, {len(X):,} images)")
+    if len(Y) and Y.max() > 9:
+        raise DataError(f"data file {path / labels_name} has a label {Y.max()} "
+                        f"outside 0..9")
+    return X, Y
+
+
+def load_fashion_mnist(data_dir: Path | None = None):
+    """((Xtr, Ytr), (Xte, Yte)): Fashion-MNIST's 60,000 training and 10,000 test images,
+    uint8 (N, 28, 28) greyscale (0 is the black background), and their uint8 labels 0..9,
+    which `FASHION_CLASSES` names (6,000 of each class in train, 1,000 in test)."""
+    return (load_idx_pair("fashion-train-images-idx3-ubyte.gz",
+                          "fashion-train-labels-idx1-ubyte.gz", data_dir),
+            load_idx_pair("fashion-t10k-images-idx3-ubyte.gz",
+                          "fashion-t10k-labels-idx1-ubyte.gz", data_dir))
+
+
+def load_mnist5k(data_dir: Path | None = None):
+    """(X, Y): 5,000 real MNIST digits, uint8 (5000, 28, 28) images and uint8 labels 0..9,
+    500 of each digit, sorted by digit as shipped (all the 0s first). There is no split:
+    shuffle and split them yourself."""
+    return load_idx_pair("mnist5k-images-idx3-ubyte.gz", "mnist5k-labels-idx1-ubyte.gz",
+                         data_dir)
