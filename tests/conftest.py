@@ -35,6 +35,8 @@ SHORT_RUNS = {
     "07_gpt": ["--steps", "30", "--n-layer", "1", "--n-embd", "16", "--block-size", "8",
                "--eval-interval", "100", "--eval-iters", "2", "--max-new-tokens", "5"],
     "08_lstm_gru": ["--steps", "30", "--eval-interval", "100", "--samples", "2"],
+    "09_convnet": ["--subset", "200", "--val-size", "100", "--epochs", "1", "--channels",
+                   "2", "--no-baselines"],
 }
 
 

@@ -32,6 +32,7 @@ RUNS = {
     # --fused: the same numbers as the op-by-op default, three times sooner
     "08_lstm_gru": [(["--compare", "--fused"], ["compare", "gates",
                                                 "gradient_through_time"])],
+    "09_convnet": [([], ["curves", "confusion", "confused"])],
 }
 
 

@@ -15,6 +15,7 @@ DIVERGE = {
     "06_wavenet": ["--lr", "1e6"],
     "07_gpt": ["--lr", "10", "--warmup-steps", "0", "--grad-clip", "0"],
     "08_lstm_gru": ["--lr", "10", "--grad-clip", "0"],
+    "09_convnet": ["--lr", "10", "--optimizer", "sgd", "--weight-decay", "0"],
 }
 SHORT = {stage: SHORT_RUNS[stage] + ["--no-plots"] for stage in DIVERGE}
 

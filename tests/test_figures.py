@@ -20,6 +20,9 @@ SHORT = {
     "07_gpt": ["--steps", "2", "--n-layer", "1", "--n-embd", "16", "--block-size", "8",
                "--eval-interval", "1", "--eval-iters", "1", "--max-new-tokens", "5"],
     "08_lstm_gru": ["--steps", "2", "--eval-interval", "1", "--samples", "1"],
+    "09_convnet": ["--subset", "100", "--val-size", "50", "--epochs", "1", "--channels", "2",
+                   "--no-baselines"],
+    "09_convnet --task lecun1989": ["--task", "lecun1989", "--passes", "1"],
 }
 HEADERS = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-"}
 
@@ -50,7 +53,7 @@ def test_lesson_notes_show_committed_figures():
     import re
     from conftest import ROOT
     total = 0
-    for stage in sorted(p.parent.name for p in ROOT.glob("0[1-8]_*/train.py")):
+    for stage in sorted(p.parent.name for p in ROOT.glob("0[1-9]_*/train.py")):
         notes = (ROOT / stage / "README.md").read_text(encoding="utf-8")
         shown = set(re.findall(r"!\[[^\]]+\]\((figures/[\w.-]+\.png)\)", notes))
         on_disk = {f"figures/{p.name}" for p in (ROOT / stage / "figures").glob("*.png")}
