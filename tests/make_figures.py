@@ -4,7 +4,7 @@ Each stage runs with its README's full-length command, in a fresh process, writi
 scratch folder; the key figures are then copied into the stage's `figures/` folder, scaled
 to at most 1,000 pixels wide so the whole set stays small. Run from anywhere:
 
-    python tests/make_figures.py              # every stage (about 20 minutes)
+    python tests/make_figures.py              # every stage (full-length runs: tens of minutes)
     python tests/make_figures.py 02 07        # only these stages
 
 The full-size PNG, SVG and PDF versions come from the stages themselves (`--format`).
@@ -32,7 +32,8 @@ RUNS = {
     # --fused: the same numbers as the op-by-op default, three times sooner
     "08_lstm_gru": [(["--compare", "--fused"], ["compare", "gates",
                                                 "gradient_through_time"])],
-    "09_convnet": [([], ["curves", "confusion", "confused"])],
+    "09_convnet": [([], ["curves", "confusion", "confused"]),
+                   (["--task", "lecun1989"], ["lecun1989"]), (["--task", "tricks"], ["tricks"])],
 }
 
 

@@ -194,10 +194,38 @@ def test_fashion_run(tmp_path):
     assert res["CNN"]["test_acc"] > 0.3 and res["logistic regression"]["test_acc"] > 0.5
     assert all(h["val_loss"][1] < h["val_loss"][0] for h in r["histories"])
     assert (tmp_path / "cnn.npz").is_file() and (tmp_path / "confusion.png").is_file()
+    # the CNN alone, from the same seed: the very same CNN (each model has its generators)
     again = stage.main(["--subset", "300", "--val-size", "200", "--epochs", "2",
-                        "--channels", "4", "--no-plots", "--out", str(tmp_path / "b")])
-    for name, result in res.items():  # the same seed, the same numbers
-        assert again["results"][name]["test_acc"] == result["test_acc"]
+                        "--channels", "4", "--no-plots", "--no-baselines",
+                        "--out", str(tmp_path / "b")])
+    assert set(again["results"]) == {"CNN", "CNN int8"}
+    for name in ("CNN", "CNN int8"):
+        assert again["results"][name]["test_acc"] == res[name]["test_acc"]
+
+
+def test_early_stopping_restores_the_best_epoch_batchnorm_included(monkeypatch):
+    """Validation losses 1.0, 0.5, 0.7, 0.8 with patience 2: training stops after epoch
+    4 and the model is again exactly what it was after epoch 2, BatchNorm's running
+    statistics included; without patience the last epoch's model stays."""
+    X = R.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    Y = R.integers(0, 10, 64)
+    splits = {"train": (X, Y), "val": (X[:8], Y[:8])}
+    for patience, kept in ((2, 1), (0, 3)):
+        seen = []
+
+        def fake_evaluate(model, X, Y):
+            seen.append({k: v.copy() for k, v in stage.model_arrays(model).items()})
+            return [1.0, 0.5, 0.7, 0.8][len(seen) - 1], 0.5
+        monkeypatch.setattr(stage, "evaluate", fake_evaluate)
+        cfg = stage.Config(epochs=4, batch_size=16, channels=2, patience=patience)
+        model = stage.convnet(cfg, rng.Generator(0))
+        hist = stage.train_classifier(cfg, model, splits, rng.Generator(1), "t", quiet=True)
+        assert len(seen) == 4 and hist.get("stopped_at") == (4 if patience else None)
+        now = stage.model_arrays(model)
+        assert any("running_var" in k for k in now)
+        for k, v in seen[kept].items():
+            assert np.array_equal(now[k], v), k
+        assert not all(np.array_equal(now[k], v) for k, v in seen[-1].items()) or not patience
 
 
 def test_tricks_run(tmp_path, monkeypatch):
@@ -283,6 +311,20 @@ def test_reads_a_composed_string_of_unseen_digits(reader_out, dark_on_light, noi
     assert len(r["boxes"]) == 8   # every digit found, in order; the briefly trained
     assert sum(a == b for a, b in zip(r["text"], "31415926")) >= 7   # reader: ~98%
     assert (reader_out / "read.png").is_file() and (reader_out / "digits.npz").is_file()
+
+
+def test_no_digits_in_specks_and_a_gigantic_jpeg_is_refused(tmp_path, monkeypatch):
+    mask = np.zeros((40, 40), bool)
+    assert stage.components(mask) == []
+    mask[5, 5:7] = True  # two pixels: a speck, not a digit
+    assert stage.components(mask) == []
+    import matplotlib.image
+    from PIL import Image
+    path = tmp_path / "big.jpg"
+    matplotlib.image.imsave(path, np.full((64, 64), 200, np.uint8), cmap="gray")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses > 2x this
+    with pytest.raises(stage.ImageError, match="big.jpg: image too large"):
+        stage.load_grey(str(path))
 
 
 def test_unreadable_pictures_are_one_line(reader_out, tmp_path):
