@@ -7,19 +7,12 @@ never trains: the work happens in `main()`).
 
 import importlib.util
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
-# The stages run their small matrices on one BLAS thread (each stage's Imports cell says
-# why); the tests import numpy before any stage does, so set it here first.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# The pinned float32 numbers come from OpenBLAS's AVX2 ("Haswell") matmul kernels. On a CPU
-# with AVX-512 it would pick other kernels, which add in another order and move a long
-# run's losses in the 3rd or 4th decimal; ask for the same kernels on every x86-64 machine.
-if platform.machine().lower() in ("x86_64", "amd64"):
-    os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+# the tests import numpy before any stage does, so the BLAS settings come first
+import blas_settings  # noqa: E402,F401
 
 import pytest  # noqa: E402
 

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import blas_settings  # noqa: F401  (the stages it starts inherit the BLAS settings)
+
 ROOT = Path(__file__).resolve().parent.parent
 MAX_WIDTH = 1000  # pixels: sharp in a README, small in the repository
 

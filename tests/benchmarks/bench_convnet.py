@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import blas_settings  # noqa: E402,F401  (one BLAS thread, the same kernels on every CPU)
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
