@@ -410,6 +410,8 @@ def save_checkpoint(path, arrays: dict, meta: dict):
 def _open_checkpoint(path):
     import numpy as np
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"checkpoint file {path} not found")
     try:
@@ -445,8 +447,8 @@ def _check_member(z, name, max_bytes, path):
     try:
         info = z.zip.getinfo(name + ".npy")
     except KeyError:
-        raise UserError(f"checkpoint {path} has no {name!r}: train again to rewrite "
-                        f"it") from None
+        raise UserError(f"checkpoint {path} has no {name!r}: it is another model's "
+                        f"checkpoint, or damaged") from None
     if info.file_size > max_bytes + 4096:  # + the .npy header
         raise UserError(f"checkpoint {path}: {name!r} is larger than the model's: the file "
                         f"is damaged; train again to rewrite it")

@@ -67,8 +67,10 @@ def test_checkpoint_round_trip_and_damage(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # one file, nothing torn
     with pytest.raises(cli.UserError, match="does not match"):
         cli.load_checkpoint_arrays(path, {"W": np.zeros((3, 2))})
-    with pytest.raises(cli.UserError, match="has no 'V'"):
+    with pytest.raises(cli.UserError, match="has no 'V': it is another model's"):
         cli.load_checkpoint_arrays(path, {"V": np.zeros(2)})
+    with pytest.raises(cli.UserError, match="is a folder, not a checkpoint file"):
+        cli.load_checkpoint_meta(tmp_path)
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(cli.UserError, match="damaged"):
         cli.load_checkpoint_meta(path)
