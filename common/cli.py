@@ -70,7 +70,13 @@ def _help(f):
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     bounds = f"{lo} to {hi}; " if lo is not None and hi is not None else \
         f">= {lo}; " if lo is not None else f"<= {hi}; " if hi is not None else ""
-    return f"{f.metadata.get('help', '')} ({bounds}default: {f.default})"
+    return f"{_plain(f.metadata.get('help', ''))} ({bounds}default: {f.default})"
+
+
+def _plain(text):
+    """A help text as written ("decay to 10% of it"): argparse would read its % signs as
+    formatting."""
+    return text.replace("%", "%%")
 
 
 _UNSET = object()  # the default of every flag while parsing: tells which were given
@@ -95,7 +101,7 @@ def parse_config(config_cls, argv=None, description=None, prog=None, presets=Non
         argv = [] if in_notebook() else sys.argv[1:]
     parser = OneLineParser(prog=prog, description=(description or "").strip().split("\n\n")[0])
     for f in dataclasses.fields(config_cls):
-        help_text = f.metadata.get("help", "")
+        help_text = _plain(f.metadata.get("help", ""))
         if _kind(f) is bool:
             if f.default:
                 parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name,

@@ -36,6 +36,10 @@ SHORT_RUNS = {
     "08_lstm_gru": ["--steps", "30", "--eval-interval", "100", "--samples", "2"],
     "09_convnet": ["--subset", "200", "--val-size", "100", "--epochs", "1", "--channels",
                    "2", "--no-baselines"],
+    "10_interpretability": ["--cnn", "", "--subset", "200", "--val-size", "100", "--epochs",
+                            "1", "--linear-epochs", "1", "--channels", "2", "--images", "2",
+                            "--mistakes", "1", "--smoothgrad-samples", "4", "--ig-steps",
+                            "20", "--patch-stride", "4", "--maximize-steps", "5"],
 }
 
 

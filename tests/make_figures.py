@@ -36,6 +36,9 @@ RUNS = {
                                                 "gradient_through_time"])],
     "09_convnet": [([], ["curves", "confusion", "confused"]),
                    (["--task", "lecun1989"], ["lecun1989"]), (["--task", "tricks"], ["tricks"])],
+    # --cnn '': the CNN trained here (2 epochs), whether or not stage 09's checkpoint exists
+    "10_interpretability": [(["--cnn", ""], ["templates", "attributions", "ig_convergence",
+                                             "maximization", "sanity_maps", "sanity"])],
 }
 
 
@@ -72,7 +75,7 @@ def main(argv):
         sys.exit(f"no stage matches {' '.join(argv)}: choose from {', '.join(RUNS)}")
     for stage in stages:
         make(stage)
-    total = sum(f.stat().st_size for f in ROOT.glob("0*/figures/*.png"))
+    total = sum(f.stat().st_size for f in ROOT.glob("[0-9][0-9]_*/figures/*.png"))
     print(f"all committed figures: {total / 2**20:.2f} MiB")
 
 

@@ -16,6 +16,7 @@ DIVERGE = {
     "07_gpt": ["--lr", "10", "--warmup-steps", "0", "--grad-clip", "0"],
     "08_lstm_gru": ["--lr", "10", "--grad-clip", "0"],
     "09_convnet": ["--lr", "10", "--optimizer", "sgd", "--weight-decay", "0"],
+    "10_interpretability": ["--lr", "10", "--optimizer", "sgd", "--weight-decay", "0"],
 }
 SHORT = {stage: SHORT_RUNS[stage] + ["--no-plots"] for stage in DIVERGE}
 
@@ -26,6 +27,18 @@ def test_a_diverging_run_stops_with_one_line(stage, tmp_out):
                    timeout=120)
     line = assert_one_line_error(r)
     assert "diverged" in line and "Warning" not in r.stderr
+
+
+@pytest.mark.parametrize("stage", sorted(SHORT_RUNS))
+def test_help_lists_every_flag(stage, capsys):
+    """`--help` prints every flag with its help text (a "%" in a help text included)."""
+    config = load_stage(stage).Config
+    with pytest.raises(SystemExit) as e:
+        cli.parse_config(config, ["--help"], prog="train.py")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in config.__dataclass_fields__:
+        assert cli.flag(name)[2:] in out, name
 
 
 @pytest.mark.parametrize("stage", sorted(SHORT))

@@ -23,6 +23,10 @@ SHORT = {
     "09_convnet": ["--subset", "100", "--val-size", "50", "--epochs", "1", "--channels", "2",
                    "--no-baselines"],
     "09_convnet --task lecun1989": ["--task", "lecun1989", "--passes", "1"],
+    "10_interpretability": ["--cnn", "", "--subset", "100", "--val-size", "50", "--epochs",
+                            "1", "--linear-epochs", "1", "--channels", "2", "--images", "2",
+                            "--mistakes", "1", "--smoothgrad-samples", "2", "--ig-steps",
+                            "3", "--patch-stride", "7", "--maximize-steps", "2"],
 }
 HEADERS = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-"}
 
@@ -53,7 +57,7 @@ def test_lesson_notes_show_committed_figures():
     import re
     from conftest import ROOT
     total = 0
-    for stage in sorted(p.parent.name for p in ROOT.glob("0[1-9]_*/train.py")):
+    for stage in sorted(p.parent.name for p in ROOT.glob("[0-9][0-9]_*/train.py")):
         notes = (ROOT / stage / "README.md").read_text(encoding="utf-8")
         shown = set(re.findall(r"!\[[^\]]+\]\((figures/[\w.-]+\.png)\)", notes))
         on_disk = {f"figures/{p.name}" for p in (ROOT / stage / "figures").glob("*.png")}
