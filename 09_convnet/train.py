@@ -1426,7 +1426,7 @@ def tricks_main(cfg, out):
 
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # MNIST's pixel mean and std, for the digit CNN
-# the digit reader's CNN and training (a minute or so, once)
+# the digit reader's CNN and training (under a minute, once)
 DIGITS = dict(channels=16, epochs=8, batch_size=32, lr=2e-3, dropout=0.0, augment=False,
               patience=0)
 
