@@ -10,7 +10,8 @@ engine's `conv2d` (im2col: every window copied into a row, then one matmul) and
 `max_pool2d`, each with its backward pass; `Conv2d`, `BatchNorm2d`, `MaxPool2d` and
 `Flatten` layers; SGD with momentum next to stage 08's AdamW; accuracy, a validation split
 and early stopping; data augmentation; int8 quantization; reading handwritten digits from a
-picture. Stage 08's recurrent cells are not carried on.
+picture. Stage 08's recurrent cells are not carried on (the engine keeps its fused
+`recurrence`: the engine only grows).
 
     python 09_convnet/train.py                       # Fashion-MNIST: baselines, then the CNN
     python 09_convnet/train.py --task lecun1989      # the 1989 network on 5,000 digits
@@ -64,7 +65,7 @@ class Config:
     batch_size: int = cli.arg(64, "images per minibatch", min=1, max=60_000)
     lr: float = cli.arg(2e-3, "learning rate at the start (linear decay to 10% of it)",
                         min=1e-9, max=10)
-    optimizer: str = cli.arg("adamw", "sgd, sgd with momentum 0.9, or adamw",
+    optimizer: str = cli.arg("adamw", "sgd, momentum (sgd with momentum 0.9), or adamw",
                              choices=("sgd", "momentum", "adamw"))
     weight_decay: float = cli.arg(1e-4, "decoupled weight decay (AdamW) or L2 (SGD)",
                                   min=0, max=100)
@@ -82,7 +83,8 @@ class Config:
     subset: int = cli.arg(0, "a quick run: only this many training and test images (0: "
                              "all; --task tricks: 10,000 training images)", min=0,
                           max=60_000)
-    baselines: bool = cli.arg(True, "fashion: also train logistic regression and an MLP")
+    baselines: bool = cli.arg(True, "train logistic regression and an MLP before the CNN "
+                                    "(--task fashion)")
     # LeCun 1989 and its modern steps
     passes: int = cli.arg(0, "lecun1989: passes over the 4,000 training digits (0: the "
                              "step's own: 23, 46 with --adamw, 60 with --augment, 80 "
@@ -295,7 +297,8 @@ class BatchNorm2d(Module):
     the batch AND every position of the image (dims 0, 2, 3), since a channel is one
     filter applied everywhere. Running estimates for evaluation, as in stage 04. As the
     lecture's BatchNorm1d, it normalizes with the unbiased variance (torch's normalizes
-    with the biased one; over B x H x W = 64 x 14 x 14 values they differ by 0.01%)."""
+    with the biased one; over the B x H x W = 64 x 28 x 28 values of the first BatchNorm
+    and 64 x 14 x 14 of the second, the two variances differ by 0.002% and 0.008%)."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         self.eps, self.momentum = eps, momentum
@@ -369,7 +372,8 @@ class LeNet1989(Module):
     """The network of "Backpropagation Applied to Handwritten Zip Code Recognition"
     (LeCun et al., 1989), 9,760 parameters, on 16 x 16 digits in [-1, 1]:
         H1   12 planes of 8 x 8: 5 x 5 filters, stride 2, over the input padded with -1
-        H2   12 planes of 4 x 4: 5 x 5 filters, stride 2, each plane reading 8 of H1's 12
+        H2   12 planes of 4 x 4: 5 x 5 filters, stride 2, padded with -1 too, each plane
+             reading 8 of H1's 12
         H3   30 units, fully connected to H2's 192
         out  10 units, fully connected to H3
     Each H1 and H2 unit has its own bias (the paper's; not one per plane); tanh after every
@@ -601,7 +605,8 @@ def train_classifier(cfg, model, splits, g, name, quiet=False):
     """Minibatch training for cfg.epochs epochs: each epoch a new random order of the
     training images, each batch (augmented, with --augment) through forward, backward and
     an update. After every epoch, the loss and accuracy on the validation images; with
-    --patience, training stops when they have not improved for that many epochs and the
+    --patience, training stops when the validation loss has not improved for that many
+    epochs and the
     best epoch's model is restored, also when the last epochs were worse without
     stopping (early stopping). Ctrl-C stops between two steps (the
     caller saves the model so far). Returns the history."""
@@ -1288,7 +1293,8 @@ def epochs(n):
 
 def fashion_main(cfg, out):
     """The default run: Fashion-MNIST with logistic regression, an MLP and the CNN, each
-    chosen on validation data; the test set is used once, at the end."""
+    validated after every epoch (the best kept, with --patience; else the last); the test
+    set is used once, at the end."""
     start = time.perf_counter()
     splits = fashion_splits(cfg, rng.Generator(cfg.seed))
     print(f"Fashion-MNIST: train {len(splits['train'][0]):,}, validation "

@@ -77,8 +77,8 @@ class Config:
     batch_size: int = cli.arg(64, "images per minibatch", min=1, max=60_000)
     lr: float = cli.arg(2e-3, "learning rate at the start, decaying linearly to 10% of it "
                               "(only for a CNN trained here, --cnn '')", min=1e-9, max=10)
-    optimizer: str = cli.arg("adamw", "sgd, sgd with momentum 0.9, or adamw (only for a "
-                                      "CNN trained here, --cnn '')",
+    optimizer: str = cli.arg("adamw", "sgd, momentum (sgd with momentum 0.9), or adamw "
+                                      "(only for a CNN trained here, --cnn '')",
                              choices=("sgd", "momentum", "adamw"))
     weight_decay: float = cli.arg(1e-4, "decoupled weight decay (AdamW) or L2 (SGD) (only "
                                         "for a CNN trained here, --cnn '')", min=0, max=100)
@@ -508,7 +508,8 @@ class BatchNorm2d(Module):
     the batch AND every position of the image (dims 0, 2, 3), since a channel is one
     filter applied everywhere. Running estimates for evaluation, as in stage 04. As the
     lecture's BatchNorm1d, it normalizes with the unbiased variance (torch's normalizes
-    with the biased one; over B x H x W = 64 x 14 x 14 values they differ by 0.01%)."""
+    with the biased one; over the B x H x W = 64 x 28 x 28 values of the first BatchNorm
+    and 64 x 14 x 14 of the second, the two variances differ by 0.002% and 0.008%)."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         self.eps, self.momentum = eps, momentum
@@ -762,7 +763,8 @@ def train_classifier(cfg, model, splits, g, name, quiet=False):
     """Minibatch training for cfg.epochs epochs: each epoch a new random order of the
     training images, each batch (augmented, with --augment) through forward, backward and
     an update. After every epoch, the loss and accuracy on the validation images; with
-    --patience, training stops when they have not improved for that many epochs and the
+    --patience, training stops when the validation loss has not improved for that many
+    epochs and the
     best epoch's model is restored, also when the last epochs were worse without
     stopping (early stopping). Ctrl-C stops between two steps (the
     caller saves the model so far). Returns the history."""
