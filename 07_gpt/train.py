@@ -954,12 +954,13 @@ def clip_grad_norm_(params, max_norm):
     return total
 
 
-def estimate_loss(model, splits, cfg, g, max_logits=2**24):
+def estimate_loss(model, splits, cfg, g, max_logits=2**18):
     """The lecture's estimate_loss: the mean loss over eval_iters random batches of each
     split, without dropout and without recording a graph. The batches' offsets are drawn
     exactly as eval_iters get_batch calls would draw them; several batches go through
     the model at once (the same numbers, fewer, larger matmuls), as long as their logits
-    stay below max_logits numbers (64 MB)."""
+    stay below max_logits numbers (1 MB). Bigger chunks are slower again: once a forward
+    pass's activations no longer fit in the processor's cache, every op waits on memory."""
     out = {}
     model.eval()
     T, B = cfg.block_size, cfg.batch_size

@@ -341,6 +341,39 @@ def test_get_batch_targets_are_shifted_inputs():
 
 # -- the lecture's printed numbers --
 
+@pytest.mark.parametrize("model_name", ["bigram", "gpt"])
+def test_estimate_loss_in_chunks_is_the_lecture_loop(model_name):
+    """Batches pushed through the model together give the losses of the lecture's loop,
+    one get_batch and one forward per batch, and draw the same random numbers."""
+    cfg = tiny(model=model_name, eval_iters=7)
+    text = "First Citizen: we are accounted poor citizens, the patricians good.\n" * 20
+    tok = stage.CharTokenizer(sorted(set(text)))
+    splits, _ = stage.load_splits(tok, text)
+    model = stage.build_model(cfg, tok.vocab_size, rng.Generator(0))
+
+    def lecture_loop(g):
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            losses = []
+            with stage.no_grad():
+                for _ in range(cfg.eval_iters):
+                    X, Y = stage.get_batch(splits[split], cfg.block_size, cfg.batch_size, g)
+                    losses.append(model(X, Y)[1].item())
+            out[split] = float(np.mean(losses))
+        model.train()
+        return out
+
+    g_loop = rng.Generator(5)
+    want = lecture_loop(g_loop)
+    per_batch = cfg.batch_size * cfg.block_size * tok.vocab_size
+    for max_logits in (1, 3 * per_batch, 2**18, 2**24):  # 1, 3, all 7 batches per forward
+        g = rng.Generator(5)
+        got = stage.estimate_loss(model, splits, cfg, g, max_logits=max_logits)
+        assert got == pytest.approx(want, rel=1e-6), max_logits
+        assert g.get_state().tolist() == g_loop.get_state().tolist()
+
+
 @pytest.fixture(scope="module")
 def bigram(tmp_path_factory):
     out = tmp_path_factory.mktemp("bigram07")
