@@ -864,14 +864,14 @@ def load_gpt2(cfg, tensors, generator):
 
 
 # %% Training
-def get_lr(cfg, it):
-    """nanoGPT's schedule: linear warmup over warmup_steps, then (cosine) a half cosine
-    from lr down to min_lr at the last step; (constant) lr throughout."""
-    if it < cfg.warmup_steps:
-        return cfg.lr * (it + 1) / (cfg.warmup_steps + 1)
+def learning_rate(cfg, step):
+    """nanoGPT's schedule (its get_lr): linear warmup over warmup_steps, then (cosine) a
+    half cosine from lr down to min_lr at the last step; (constant) lr throughout."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
     if cfg.schedule == "constant" or cfg.steps <= cfg.warmup_steps:
         return cfg.lr
-    decay_ratio = min(1.0, (it - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps))
+    decay_ratio = min(1.0, (step - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps))
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 
@@ -1091,7 +1091,7 @@ def train(cfg, model, optimizer, splits, g, out, tok_meta, state=None, quiet=Fal
             if it == cfg.steps:
                 break
             t0 = time.perf_counter()
-            lr = get_lr(cfg, it)
+            lr = learning_rate(cfg, it)
             xb, yb = get_batch(splits["train"], cfg.block_size, cfg.batch_size, g)
             loss = train_step(model, optimizer, params, xb, yb, lr, cfg.grad_clip)
             step_seconds += time.perf_counter() - t0
@@ -1207,7 +1207,7 @@ def plot_lr(cfg, path):
     plt = cli.pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     steps = np.arange(max(cfg.steps, 1))
-    ax.plot(steps, [get_lr(cfg, int(i)) for i in steps], lw=2)
+    ax.plot(steps, [learning_rate(cfg, int(i)) for i in steps], lw=2)
     ax.set_xlabel("training step", fontsize=11)
     ax.set_ylabel("learning rate", fontsize=11)
     ax.set_title("Learning-rate schedule: " + (

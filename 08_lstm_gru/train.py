@@ -466,14 +466,14 @@ def evaluate_text(model, tokens, streams=128, chunk=256):
 
 
 # %% Training
-def get_lr(cfg, it):
-    """nanoGPT's schedule: linear warmup over warmup_steps, then (cosine) a half cosine
-    from lr down to min_lr at the last step; (constant) lr throughout."""
-    if it < cfg.warmup_steps:
-        return cfg.lr * (it + 1) / (cfg.warmup_steps + 1)
+def learning_rate(cfg, step):
+    """nanoGPT's schedule (its get_lr): linear warmup over warmup_steps, then (cosine) a
+    half cosine from lr down to min_lr at the last step; (constant) lr throughout."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
     if cfg.schedule == "constant" or cfg.steps <= cfg.warmup_steps:
         return cfg.lr
-    decay_ratio = min(1.0, (it - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps))
+    decay_ratio = min(1.0, (step - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps))
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 
@@ -608,7 +608,7 @@ def train(cfg, model, optimizer, ds, g, quiet=False):
                     state = None
             logits, state = model(X, state)                   # (B, T, V)
             loss = sequence_loss(logits, Y)
-            lr = get_lr(cfg, step)
+            lr = learning_rate(cfg, step)
             optimizer.zero_grad()
             loss.backward()
             norm = clip_grad_norm_(params, cfg.grad_clip or math.inf)  # (inf: only measure)

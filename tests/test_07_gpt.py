@@ -303,14 +303,14 @@ def test_gradient_clipping():
 
 def test_learning_rate_schedule():
     cfg = stage.Config()
-    lrs = [stage.get_lr(cfg, i) for i in range(cfg.steps + 1)]
+    lrs = [stage.learning_rate(cfg, i) for i in range(cfg.steps + 1)]
     assert lrs[0] == pytest.approx(1e-3 / 101)
     assert lrs[99] == pytest.approx(1e-3 * 100 / 101)
     assert lrs[100] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
     assert lrs[1050] == pytest.approx(5.5e-4) and lrs[2000] == pytest.approx(1e-4)
     assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
     lecture = parsed("--model", "bigram")
-    assert {stage.get_lr(lecture, i) for i in (0, 1500, 2999)} == {1e-2}
+    assert {stage.learning_rate(lecture, i) for i in (0, 1500, 2999)} == {1e-2}
 
 
 def parsed(*argv):
