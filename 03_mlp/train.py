@@ -77,16 +77,16 @@ def init_params(cfg, g):
     b1 = rng.randn(cfg.n_hidden, generator=g)                     # (200,)
     W2 = rng.randn(cfg.n_hidden, 27, generator=g)                 # (200, 27)
     b2 = rng.randn(27, generator=g)                               # (27,)
-    return [Tensor(p, requires_grad=True) for p in (C, W1, b1, W2, b2)]
+    params = {"C": C, "W1": W1, "b1": b1, "W2": W2, "b2": b2}
+    return {name: Tensor(p, requires_grad=True) for name, p in params.items()}
 
 
 def forward(params, X):
     """Logits (N, 27) for contexts X (N, block_size)."""
-    C, W1, b1, W2, b2 = params
-    emb = C[X]                                            # (N, block_size, n_embd)
+    emb = params["C"][X]                                  # (N, block_size, n_embd)
     embcat = emb.view(emb.shape[0], -1)                   # (N, block_size * n_embd)
-    h = (embcat @ W1 + b1).tanh()                         # (N, n_hidden)
-    return h @ W2 + b2                                    # (N, 27)
+    h = (embcat @ params["W1"] + params["b1"]).tanh()     # (N, n_hidden)
+    return h @ params["W2"] + params["b2"]                # (N, 27)
 
 
 def manual_loss(logits, Y):
@@ -111,10 +111,10 @@ def learning_rate(cfg, step):
 def sgd_step(params, X, Y, lr):
     """One minibatch step: forward, zero the gradients, backward, update."""
     loss = cross_entropy(forward(params, X), Y)
-    for p in params:
+    for p in params.values():
         p.grad = None
     loss.backward()
-    for p in params:
+    for p in params.values():
         p.data += -lr * p.grad
     return loss.item()
 
@@ -157,9 +157,8 @@ def find_learning_rate(cfg, Xtr, Ytr, steps=1000):
 
 def save_model(path, params, cfg):
     """The parameters and the config, in one file (common/cli.py: written atomically)."""
-    names = ("C", "W1", "b1", "W2", "b2")
-    cli.save_checkpoint(path, {n: p.data for n, p in zip(names, params)},
-                        dict(config=asdict(cfg)))
+    arrays = {n: p.data for n, p in params.items()}
+    cli.save_checkpoint(path, arrays, dict(config=asdict(cfg)))
 
 
 # %% Sampling
@@ -312,9 +311,9 @@ def main(argv=None) -> dict:
 
     g = rng.Generator(cfg.seed)
     params = init_params(cfg, g)
-    n_params = sum(p.data.size for p in params)
+    n_params = sum(p.data.size for p in params.values())
     print(f"\n== Model: embedding {cfg.n_embd}, hidden {cfg.n_hidden}: {n_params} parameters")
-    lookup_ok = show_lookup_equivalence(params[0])
+    lookup_ok = show_lookup_equivalence(params["C"])
     manual, stable = show_overflow()
     overfit = overfit_one_batch(cfg, Xtr[:32], Ytr[:32])
     print(f"  overfitting one batch of 32 examples: loss {overfit:.4f} after 1000 steps")
@@ -343,7 +342,7 @@ def main(argv=None) -> dict:
     if cfg.plots:
         plot_lr_finder(lre, lr_losses, out / f"lr_finder.{cfg.format}")
         plot_losses(lossi, out / f"loss.{cfg.format}")
-        plot_embedding(params[0].data, itos, out / f"embedding.{cfg.format}")
+        plot_embedding(params["C"].data, itos, out / f"embedding.{cfg.format}")
         files += [str(out / f) for f in (f"lr_finder.{cfg.format}", f"loss.{cfg.format}", f"embedding.{cfg.format}")]
     print(f"\nwrote {', '.join(files)}")
     return dict(config=asdict(cfg), sizes=(len(Xtr), len(Xdev), len(Xte)),

@@ -65,9 +65,9 @@ def test_learning_rate_schedule():
 def test_parameter_counts():
     from common import rng
     g = rng.Generator(2147483647)
-    assert sum(p.data.size for p in stage.init_params(stage.Config(), g)) == 11897
+    assert sum(p.data.size for p in stage.init_params(stage.Config(), g).values()) == 11897
     small = stage.Config(n_embd=2, n_hidden=100)
-    assert sum(p.data.size for p in stage.init_params(small, g)) == 3481
+    assert sum(p.data.size for p in stage.init_params(small, g).values()) == 3481
 
 
 # -- a short seeded run: pinned numbers --
