@@ -8,7 +8,8 @@ printed losses and sampled names match the video.
     python 02_bigram/train.py                 # both models, figures in out/02_bigram/
     python 02_bigram/train.py --steps 100     # fewer gradient-descent steps
 
-What it prints (measured; the lecture prints the same):
+What it prints (measured; the lecture's samples and losses, except that its float32
+running sum gives the counting model's NLL as 2.4541, 2.4544 with smoothing):
     counting model   average NLL 2.454014 (2.454577 with +1 smoothing)
                      samples: mor. axx. minaymoryles. kondlaisah. anchshizarie.
     neural bigram    loss 3.768619 at step 0, 2.489959 at step 100, 2.481499 after 300
@@ -80,7 +81,7 @@ def top_bigrams(words, k=10):
 def count_matrix(xs, ys, n=27):
     """N[i, j]: how often character j follows character i (a 27x27 table of ints)."""
     N = np.zeros((n, n), dtype=np.int32)
-    np.add.at(N, (xs, ys), 1)
+    np.add.at(N, (xs, ys), 1)  # not N[xs, ys] += 1, which counts a repeated pair once
     return N
 
 
@@ -96,6 +97,7 @@ def average_nll(P, xs, ys):
     observed next characters (lower is better; 0 would be perfect)."""
     with np.errstate(divide="ignore"):  # log(0) = -inf for an unseen bigram is the point
         logprobs = np.log(P[xs, ys].astype(np.float64))
+    # summed in float64; the lecture adds float32 numbers one by one (-559891.75: 2.4541)
     return float(-logprobs.sum() / len(xs))
 
 
@@ -104,7 +106,7 @@ def neural_bigram_loss(W, xenc, ys, reg):
     normalize them into probabilities (a softmax); the average NLL of the right next
     characters, plus a pull of W towards zero (the counting model's smoothing)."""
     logits = Tensor(xenc) @ W                   # (N, 27) @ (27, 27): log-counts
-    counts = logits.exp()                       # (N, 27) counts, like N
+    counts = logits.exp()                       # (N, 27) counts, like the rows of the table N
     probs = counts / counts.sum(1, keepdim=True)  # (N, 27) each row sums to 1
     return -probs[np.arange(len(ys)), ys].log().mean() + reg * (W**2).mean()
 
@@ -309,7 +311,7 @@ def main(argv=None) -> dict:
 # %% Engine
 # Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
 # file like a library; each stage carries it forward unchanged and adds what its lecture
-# needs: Tensor methods under "# -- new in stage NN" at the end of the class, functions in
+# needs: Tensor methods under "# -- new in stage NN" before backward(), functions in
 # a cell of their own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""

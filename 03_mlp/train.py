@@ -11,11 +11,12 @@ cross_entropy.
     python 03_mlp/train.py                            # the lecture's final model
     python 03_mlp/train.py --n-embd 2 --n-hidden 100  # 2-D embeddings, for the picture
 
-What the default run prints (measured; about three minutes on a busy 2-core CPU):
+What the default run prints (measured; about a minute on a 2-core CPU):
     11897 parameters; first minibatch loss 27.8817 (stage 04 explains why so high)
     after 200,000 steps: train 2.1233, val 2.1670, test 2.1579
     samples: carlah. amorie. khi. mili. taty. skanden. jazhnen. den. art. kaqui. ...
-(the lecture, whose batches were not seeded, printed train 2.1260, val 2.1701.)
+(the lecture, with unseeded batches and another split (README.md), printed train 2.1260,
+val 2.1701.)
 """
 
 # %% Imports
@@ -63,7 +64,8 @@ class Config:
 
 # %% Data
 def show_examples(X, Y, itos, n=5):
-    """The lecture's view of the dataset: `... ---> e`, `..e ---> m`, ..."""
+    """The lecture's view of the dataset: context ---> next character (`... ---> e`,
+    `..e ---> m`, ... for emma; here the shuffled training set starts with yuheng)."""
     for x, y in zip(X[:n], Y[:n]):
         print("  " + "".join(itos[i] for i in x), "--->", itos[y])
 
@@ -134,7 +136,8 @@ def train(cfg, params, Xtr, Ytr, g, quiet=False):
 
 def overfit_one_batch(cfg, X, Y, steps=1000):
     """A fresh model trained on the same 32 examples only: the loss goes far below what
-    any real model reaches, because 11,897 parameters can memorize 32 examples. (Not
+    any real model reaches, because the model's parameters (11,897 by default) can
+    memorize 32 examples. (Not
     zero: the same context, e.g. '...', is followed by different letters.)"""
     params = init_params(cfg, rng.Generator(cfg.seed))
     for _ in range(steps):
@@ -354,7 +357,7 @@ def main(argv=None) -> dict:
 # %% Engine
 # Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
 # file like a library; each stage carries it forward unchanged and adds what its lecture
-# needs: Tensor methods under "# -- new in stage NN" at the end of the class, functions in
+# needs: Tensor methods under "# -- new in stage NN" before backward(), functions in
 # a cell of their own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
