@@ -13,7 +13,8 @@ gradients and update:data ratios.
     python 04_batchnorm/train.py                                  # the BatchNorm MLP
     python 04_batchnorm/train.py --init original --no-batchnorm   # stage 03's model, then
     python 04_batchnorm/train.py --init softmax --no-batchnorm    # each fix in turn:
-    python 04_batchnorm/train.py --init tanh --no-batchnorm       #   tanh, kaiming
+    python 04_batchnorm/train.py --init tanh --no-batchnorm       #   tanh,
+    python 04_batchnorm/train.py --init kaiming --no-batchnorm    #   kaiming
     python 04_batchnorm/train.py --deep                           # deep net + diagnostics
     python 04_batchnorm/train.py --deep --no-batchnorm --gain 5/3 # without BatchNorm
 
@@ -82,7 +83,9 @@ class Config:
     gain: str = cli.arg("1", "with --deep: gain of the hidden Linear weights, a number or "
                              "a fraction (the lecture compares 1 and tanh's 5/3)")
     break_at: int = cli.arg(1000, "with --deep: stop after this step, as the lecture's "
-                                  "diagnostic run does (-1: train all --steps)", min=-1)
+                                  "diagnostic run does (-1: train all --steps; the "
+                                  "lecture's schedule for it is --lr-decay-step 150000)",
+                            min=-1)
     out: str = cli.arg("out/04_batchnorm", "output folder for figures and the checkpoint")
     plots: bool = cli.arg(True, "write figures")
     format: str = cli.arg("png", "file format of the figures: png, or svg and pdf to scale "
@@ -108,7 +111,8 @@ def parse_gain(text: str) -> float:
 
 # %% Data
 def show_examples(X, Y, itos, n=5):
-    """The lecture's view of the dataset: `... ---> e`, `..e ---> m`, ..."""
+    """The lecture's view of the dataset: context ---> next character (`... ---> e`,
+    `..e ---> m`, ... for emma; here the shuffled training set starts with yuheng)."""
     for x, y in zip(X[:n], Y[:n]):
         print("  " + "".join(itos[i] for i in x), "--->", itos[y])
 
@@ -281,7 +285,7 @@ def deep_network(cfg, g):
             layers.append(BatchNorm1d(fan_out))
         if i < 5:  # not after the output layer: its outputs are the logits
             layers.append(Tanh())
-    # last layer: make it less confident (small logits, like Part A's W2 * 0.01)
+    # last layer: make it less confident (small logits, like the first half's W2 * 0.01)
     if cfg.batchnorm:
         layers[-1].gamma.data *= 0.1
     else:
@@ -764,7 +768,7 @@ def main(argv=None) -> dict:
 # %% Engine
 # Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
 # file like a library; each stage carries it forward unchanged and adds what its lecture
-# needs: Tensor methods under "# -- new in stage NN" at the end of the class, functions in
+# needs: Tensor methods under "# -- new in stage NN" before backward(), functions in
 # a cell of their own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""

@@ -90,7 +90,8 @@ class Config:
 
 # %% Data
 def show_examples(X, Y, itos, n=5):
-    """The lecture's view of the dataset: `... ---> e`, `..e ---> m`, ..."""
+    """The lecture's view of the dataset: context ---> next character (`... ---> e`,
+    `..e ---> m`, ... for emma; here the shuffled training set starts with yuheng)."""
     for x, y in zip(X[:n], Y[:n]):
         print("  " + "".join(itos[i] for i in x), "--->", itos[y])
 
@@ -279,7 +280,7 @@ def backward_by_hand(params, t, Xb, Yb):
     dbndiff2 = (1.0 / (n - 1)) * np.ones_like(bndiff2) * dbnvar   # a sum: to every term
     dbndiff += (2 * bndiff) * dbndiff2                    # ... and its second, squared
     dhprebn = dbndiff.copy()                              # hprebn's first use ...
-    dbnmeani = (-dbndiff).sum(0, keepdims=True)           # (1, 64)
+    dbnmeani = (-dbndiff).sum(0, keepdims=True)           # (1, 64); the lecture's .sum(0) is (64,)
     dhprebn += 1.0 / n * (np.ones_like(hprebn) * dbnmeani)   # ... and its second, the mean
     # hprebn = embcat @ W1 + b1
     dembcat = dhprebn @ W1.T                              # (32, 30)
@@ -306,8 +307,8 @@ def cross_entropy_backward(logits, Yb):
     one step, worked out on paper: d loss / d logits[i, j] = (softmax(logits)[i, j] -
     (1 if j == Yb[i] else 0)) / n. Each example pulls its right character's logit up
     by 1 - p and pushes every other logit down by its p: the forces balance (each row
-    sums to zero), and an example the network already gets right pulls and pushes
-    nothing."""
+    sums to zero), and an example whose right character already has probability 1
+    pulls and pushes nothing."""
     n = len(Yb)
     dlogits = softmax(logits)                             # (32, 27)
     dlogits[range(n), Yb] -= 1
@@ -715,7 +716,7 @@ def main(argv=None) -> dict:
 # %% Engine
 # Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
 # file like a library; each stage carries it forward unchanged and adds what its lecture
-# needs: Tensor methods under "# -- new in stage NN" at the end of the class, functions in
+# needs: Tensor methods under "# -- new in stage NN" before backward(), functions in
 # a cell of their own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
@@ -1131,7 +1132,7 @@ def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
     def _backward(g):
         gain._accumulate(g * xhat)  # summed over the batch by _accumulate
         bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # (D,)
+        s = gain.data / np.sqrt(var + eps)                    # var's shape, (1, D) or so
         if training:  # the statistics depend on x too
             dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
                           - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))

@@ -26,7 +26,9 @@ RUNS = {
     "01_micrograd": [([], ["moons", "curves", "graph"])],
     "02_bigram": [([], ["counts", "loss"])],
     "03_mlp": [([], ["lr_finder", "loss", "embedding"])],
-    "04_batchnorm": [([], ["init_saturation"]),
+    # the lecture's saturated picture: stage 03's initialization, before any fix
+    "04_batchnorm": [(["--init", "original", "--no-batchnorm", "--steps", "0"],
+                      ["init_saturation"]),
                      (["--deep"], ["deep_activations", "deep_update_ratios"])],
     "05_backprop_ninja": [([], ["dlogits", "loss"])],
     "06_wavenet": [([], ["loss"])],
