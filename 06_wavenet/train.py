@@ -118,7 +118,8 @@ def name_rows(words, block_size, stoi):
     name i, padded at the end with '.' up to the longest name; row i of Y is the targets,
     each character of the name and then the final '.', padded with -1. A name of L
     characters gives L + 1 targets: the same L + 1 examples build_dataset makes of it,
-    in the same order. Returns X (n, block_size + 15), Y (n, 16), lengths (n,)."""
+    in the same order. Returns X (n, block_size + longest), Y (n, longest + 1) and
+    lengths (n,); longest is 15 in the training split."""
     longest = max(len(w) for w in words)
     X = np.zeros((len(words), block_size + longest), dtype=np.int64)
     Y = np.full((len(words), longest + 1), -1, dtype=np.int64)
@@ -132,7 +133,7 @@ def name_rows(words, block_size, stoi):
 
 # %% Model
 class Linear:
-    """torch.nn.Linear's computation, x @ weight + bias, with weights drawn from generator g
+    """torch.nn.Linear's computation, x @ weight + bias, with weights drawn from `generator`
     and divided by sqrt(fan_in): unit-variance inputs then give unit-variance outputs.
     On (B, T, fan_in) input the same weights apply at every position: (B, T, fan_out)."""
 
@@ -448,7 +449,7 @@ def train(cfg, model, Xtr, Ytr, names=None, quiet=False):
         lr = learning_rate(cfg, i)
         for p in parameters:
             p.data += -lr * p.grad
-        # track stats
+        # track stats (the loss itself; plot_losses takes the lecture's log10)
         lossi.append(loss.item())
         chars += n
         progress.update(i, lossi[-1], lr)
@@ -658,7 +659,7 @@ def main(argv=None) -> dict:
 # %% Engine
 # Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
 # file like a library; each stage carries it forward unchanged and adds what its lecture
-# needs: Tensor methods under "# -- new in stage NN" at the end of the class, functions in
+# needs: Tensor methods under "# -- new in stage NN" before backward(), functions in
 # a cell of their own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
@@ -1086,7 +1087,7 @@ def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
     def _backward(g):
         gain._accumulate(g * xhat)  # summed over the batch by _accumulate
         bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # (D,)
+        s = gain.data / np.sqrt(var + eps)                    # var's shape, (1, D) or so
         if training:  # the statistics depend on x too
             dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
                           - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))

@@ -8,11 +8,13 @@ queries, values, the 1/sqrt(head_size) scale), `MultiHeadAttention`, `FeedForwar
 residual `Block`s with pre-LayerNorm, dropout and the `GPTLanguageModel`; AdamW with
 warmup, cosine decay and gradient clipping; checkpoints, `--resume`, `--sample`, BPE
 tokenizers. The default run computes every Head on its own, as the lecture types it;
-`--attention batched` is the lecture's exercise 1, all heads at once (the same numbers).
+`--attention batched` is the lecture's exercise 1, all heads at once (the same weights
+and results up to float32 rounding).
 Beyond the lecture: `--init-from gpt2` loads OpenAI's GPT-2 into the same classes, to
 sample from or fine-tune, and `--kv-cache` samples with a cache of keys and values.
-The engine gains transpose, permute, masked_fill, softmax, log_softmax, relu, gelu,
-dropout, split, cat, and fused linear, layer norm and attention ops. Stage 06's
+The engine gains transpose, masked_fill, softmax, relu, gelu, dropout, split, cat, and
+fused linear, layer norm and attention ops (and permute and log_softmax, which no model
+here calls: tests/test_torch_parity.py checks them against torch). Stage 06's
 convolutional WaveNet is not carried on.
 
     python 07_gpt/train.py                          # nanoGPT's laptop GPT, minutes
@@ -29,7 +31,7 @@ convolutional WaveNet is not carried on.
 
 What it prints (measured; tests/benchmarks/README.md has the timings):
     default run     val loss 1.7757 (2.562 bits per character) after 2,000 steps
-                    (nanoGPT's own variant of the recipe: 1.886)
+                    (nanoGPT's own train.py with this recipe: 1.8857)
     --model bigram  step 0: train 4.7305, val 4.7241; step 2700: 2.4738, 2.4911, the
                     lecture's prints digit for digit
     lecture steps   single-head 2.4133, multi-head 2.2808, feed-forward 2.2496, residual
@@ -98,7 +100,7 @@ class Config:
                                 "residual, layernorm, gpt", choices=MODELS)
     preset: str = cli.arg("cpu", "with --model gpt: 'cpu' is nanoGPT's laptop-sized GPT "
                                  "(the defaults shown here); 'lecture' is the lecture's "
-                                 "10.8M-parameter GPT (hours of CPU time). The other "
+                                 "10.8M-parameter GPT (about a day of CPU time). The other "
                                  "models default to the lecture's settings; flags given "
                                  "override", choices=("cpu", "lecture"))
     init_from: str = cli.arg("scratch", "'scratch': a new model, randomly initialized; "
@@ -120,7 +122,8 @@ class Config:
     attention: str = cli.arg("heads", "'heads': each Head on its own, as typed in the "
                                       "lecture; 'batched': all heads in one matmul and one "
                                       "fused attention op (the lecture's exercise 1: the "
-                                      "same weights and results, faster)",
+                                      "same weights, the same results up to float32 "
+                                      "rounding, faster)",
                              choices=("heads", "batched"))
     tokenizer: str = cli.arg("char", "'char': one token per character (the lecture's 65); "
                                      "'bpe': byte-pair encoding trained on the training "
@@ -441,8 +444,9 @@ class Sequential(Module):
 class KVCache:
     """The keys and values of the tokens seen so far, for one head (B, T, hs) or for a
     layer's heads at once (B, H, T, hs), while sampling. A new token's query attends to
-    every earlier key, and those keys and values never change (each depends only on its
-    own token and position): keeping them, each step computes the new token's alone."""
+    every earlier key, and those keys and values never change (each depends only on the
+    tokens at or before its position: the causal mask hides the later ones in every
+    layer): keeping them, each step computes the new token's alone."""
 
     def __init__(self, block_size):
         self.block_size = block_size
@@ -688,7 +692,7 @@ class GPTLanguageModel(LanguageModel):
             self.lm_head = TiedLinear(self.token_embedding_table)
         else:
             self.lm_head = Linear(C, vocab_size, generator=g)
-        if cfg.model == "gpt":  # gpt.py's initialization
+        if cfg.model == "gpt":  # gpt.py's initialization (in the script, not in the video)
             self.apply(lambda m: self._init_weights(m, g))
 
     @staticmethod
@@ -1467,7 +1471,7 @@ def main(argv=None) -> dict:
 # %% Engine
 # Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
 # file like a library; each stage carries it forward unchanged and adds what its lecture
-# needs: Tensor methods under "# -- new in stage NN" at the end of the class, functions in
+# needs: Tensor methods under "# -- new in stage NN" before backward(), functions in
 # a cell of their own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
@@ -1988,7 +1992,7 @@ def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
     def _backward(g):
         gain._accumulate(g * xhat)  # summed over the batch by _accumulate
         bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # (D,)
+        s = gain.data / np.sqrt(var + eps)                    # var's shape, (1, D) or so
         if training:  # the statistics depend on x too
             dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
                           - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))
@@ -2105,7 +2109,9 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 def scaled_dot_product_attention(q, k, v, dropout_p=0.0, generator=None):
     """Causal self-attention of every head at once (torch's
-    F.scaled_dot_product_attention(q, k, v, is_causal=True)), as ONE op: the steps of the
+    F.scaled_dot_product_attention(q, k, v, is_causal=True) when Tq == Tk; with fewer
+    queries than keys, as with a KV cache, the mask is aligned to the last position, like
+    torch's causal_lower_right), as ONE op: the steps of the
     lecture's Head (q @ k^T / sqrt(head_size), mask the future, softmax, dropout, @ v) on
     (B, H, T, hs) arrays, with the backward pass written out, so no (B, H, T, T)
     intermediate is kept but the attention weights themselves. Returns (out, weights)."""

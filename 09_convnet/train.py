@@ -1498,7 +1498,7 @@ def main(argv=None) -> dict:
 # %% Engine
 # Our stand-in for PyTorch: a Tensor with autograd, in numpy. It sits at the back of the
 # file like a library; each stage carries it forward unchanged and adds what its lecture
-# needs: Tensor methods under "# -- new in stage NN" at the end of the class, functions in
+# needs: Tensor methods under "# -- new in stage NN" before backward(), functions in
 # a cell of their own ("Engine: new in stage NN").
 class no_grad:
     """`with no_grad():` runs ops without recording the graph (evaluation, sampling)."""
@@ -2028,7 +2028,7 @@ def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
     def _backward(g):
         gain._accumulate(g * xhat)  # summed over the batch by _accumulate
         bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # (D,)
+        s = gain.data / np.sqrt(var + eps)                    # var's shape, (1, D) or so
         if training:  # the statistics depend on x too
             dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
                           - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))
@@ -2145,7 +2145,9 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 def scaled_dot_product_attention(q, k, v, dropout_p=0.0, generator=None):
     """Causal self-attention of every head at once (torch's
-    F.scaled_dot_product_attention(q, k, v, is_causal=True)), as ONE op: the steps of the
+    F.scaled_dot_product_attention(q, k, v, is_causal=True) when Tq == Tk; with fewer
+    queries than keys, as with a KV cache, the mask is aligned to the last position, like
+    torch's causal_lower_right), as ONE op: the steps of the
     lecture's Head (q @ k^T / sqrt(head_size), mask the future, softmax, dropout, @ v) on
     (B, H, T, hs) arrays, with the backward pass written out, so no (B, H, T, T)
     intermediate is kept but the attention weights themselves. Returns (out, weights)."""
