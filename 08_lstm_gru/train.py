@@ -37,10 +37,11 @@ tests/benchmarks/README.md the timings):
     LSTM  36,635 parameters, test loss 2.0038
     GRU samples: riyan. dary. christan. febuba. haudmick. colton. mack. jamiah. azlee. ...
     greedy: analis. analis. analis. analis. analis. (always the likeliest letter)
-After 47 steps the trained LSTM still passes 8e-4 of the gradient back, the RNN 1e-6.
-On tiny Shakespeare, at the size and training time of stage 07's GPT (212k parameters,
-2-3 minutes), the GRU reaches a validation loss of 1.69-1.71, the LSTM 1.75-1.76, the
-GPT 1.79-1.80 (two runs).
+47 time steps back, the trained LSTM still passes 8e-4 of the gradient (relative to the
+last input), the RNN 1e-6. On tiny Shakespeare, against stage 07's GPT code shrunk to
+about the recurrent models' size (n_embd 64, batch 16, 3,000 steps: 212k parameters, 2-3
+minutes; stage 07's default has 817k), the GRU reaches a validation loss of 1.69-1.71,
+the LSTM 1.75-1.76, that GPT 1.79-1.80 (two runs of tests/benchmarks/bench_rnn.py).
 """
 
 # %% Imports
@@ -118,8 +119,8 @@ class Config:
                                  "on slides", choices=cli.FIGURE_FORMATS)
 
     def check(self):
-        cli.check(self.min_lr <= self.lr, f"--min-lr {self.min_lr} must not exceed --lr "
-                                          f"{self.lr}")
+        cli.check(self.min_lr <= self.lr or self.schedule == "constant",
+                  f"--min-lr {self.min_lr} must not exceed --lr {self.lr}")
 
 
 # %% Data
@@ -315,8 +316,9 @@ def gru_cell(x, h, W, b, b_hn):
         h = (1 - z) * n + z * h_prev
     Other texts differ in two details. The final version of Cho et al.'s paper, and
     makemore, apply the reset gate before the matmul, tanh(W_n [x, r * h]); PyTorch, cuDNN
-    and the paper's first version after it, as here (which keeps all of h @ W_h one
-    matmul). And makemore, like some later texts, lets z weight the candidate instead,
+    and the paper's first version after it, as here (so all of h @ W_h can be one matmul
+    per step, as the fused recurrence does; gru_cell splits it to show the equation). And
+    makemore, like some later texts, lets z weight the candidate instead,
     h = (1 - z) * h_prev + z * n: the same cell with z renamed 1 - z."""
     E, H = x.shape[1], h.shape[1]
     rz = (cat([x, h], 1) @ W[:, :2 * H] + b[:2 * H]).sigmoid()    # (B, 2H)
@@ -381,7 +383,8 @@ class Recurrent(Module):
         return self.step_by_step(x, h0, c0)
 
     def step_by_step(self, x, h, c=None):
-        """The same layer op by op: one cell call per time step, T graphs of ~15 nodes."""
+        """The same layer op by op: one cell call per time step, 5 (RNN) to 26 (GRU) graph
+        nodes each."""
         B, T, _ = x.shape
         ones = np.ones((B, 1), dtype=h.data.dtype)
         h = h if h.shape[0] == B else h * ones                        # (1, H) -> (B, H)
@@ -414,6 +417,7 @@ class RecurrentLM(Module):
     def forward(self, idx, state=None, record=None):
         """idx (B, T) token indices -> logits (B, T, vocab) and the state after the last
         step (one (h, c) per layer), from which the next chunk can continue."""
+        # self.wte(idx), with the engine's faster backward (new in stage 08)
         x = embedding(self.wte.weight, idx)                             # (B, T, n_embd)
         return self.from_embeddings(x, state, record)
 
@@ -687,7 +691,8 @@ def generate(model, prompt, max_new, g, temperature=1.0, top_k=0, greedy=False, 
     """Extend every row of `prompt` (B, T0) by up to max_new tokens, one step at a time.
     A recurrent model reads the prompt once and then only its last token and the carried
     state: each step costs the same however long the text already is (a transformer
-    re-reads its whole context window). `greedy` takes the likeliest token every time;
+    re-reads its whole context window; with stage 07's --kv-cache it computes only the new
+    token, but attends to every earlier one). `greedy` takes the likeliest token every time;
     rows stop early once they produced `stop` (all rows: the loop ends)."""
     out = np.array(prompt, dtype=np.int64).reshape(len(prompt), -1)  # (B, T0)
     done = np.zeros(len(out), dtype=bool)
@@ -743,7 +748,7 @@ def check_prompt(prompt, stoi, dataset):
                             f"{unknown!r}")
     if dataset == "names" and len(prompt) >= BLOCK_SIZE - 1:
         raise cli.UserError(f"--prompt is {len(prompt)} letters; names have at most "
-                            f"{BLOCK_SIZE - 1}")
+                            f"{BLOCK_SIZE - 1}, and the model must add at least one")
 
 
 # %% Figures
@@ -1804,7 +1809,7 @@ def embedding(weight, idx):
 
 
 # %% Engine: new in stage 08: the recurrence as one fused op
-# The op-by-op cells (section Model) build ~15 graph nodes per time step, and each costs a
+# The op-by-op cells (section Model) build 5 to 26 graph nodes per time step; each costs a
 # few microseconds of Python however small its arrays. Here all T steps of one layer are
 # one op: the forward pass loops over time in numpy and keeps what the backward pass
 # needs; the backward pass is backpropagation through time written out, looping from the

@@ -2134,7 +2134,7 @@ def embedding(weight, idx):
 
 
 # %% Engine: new in stage 08: the recurrence as one fused op
-# The op-by-op cells (section Model) build ~15 graph nodes per time step, and each costs a
+# The op-by-op cells (section Model) build 5 to 26 graph nodes per time step; each costs a
 # few microseconds of Python however small its arrays. Here all T steps of one layer are
 # one op: the forward pass loops over time in numpy and keeps what the backward pass
 # needs; the backward pass is backpropagation through time written out, looping from the

@@ -388,6 +388,15 @@ def test_shakespeare_truncated_bptt_run(tmp_out):
                      "loss.png"]
 
 
+def test_min_lr_is_checked_only_with_the_cosine_schedule():
+    """--min-lr is the end of the cosine decay: under the default constant schedule a
+    learning rate below it is fine."""
+    from common import cli
+    assert cli.parse_config(stage.Config, ["--lr", "3e-5"]).lr == 3e-5
+    with pytest.raises(SystemExit):
+        cli.parse_config(stage.Config, ["--lr", "3e-5", "--schedule", "cosine"])
+
+
 @pytest.mark.parametrize("args", [["--cell", "transformer"], ["--n-hidden", "0"],
                                   ["--temperature", "0"], ["--prompt", "Zoe"],
                                   ["--sample", "--out", "no/such/folder"]])
