@@ -25,7 +25,7 @@ tests/benchmarks/README.md the timings):
                        (8 epochs each; the CNN trains in about 4 minutes); its weights in
                        int8: 4.0x smaller, 92.18%
     --task lecun1989   9,760 parameters; after 23 passes train error 0.92%, test error
-                       5.00% (50 of 1,000 digits; the paper: 5.00% of its 2,007)
+                       5.00% (50 of 1,000 digits; the paper: 5.0%, 102 of its 2,007)
     --read             a row of digits it never trained on, read back (tests)
 """
 
@@ -309,6 +309,7 @@ class BatchNorm2d(Module):
 
     def forward(self, x):
         C = self.weight.shape[0]
+        # (C, 1, 1) broadcasts over H and W: batch_norm's "features" are the channels here
         gain, bias = self.weight.view(C, 1, 1), self.bias.view(C, 1, 1)  # per channel
         if not self.training:
             out, _, _ = batch_norm(x, gain, bias, self.eps, self.running_mean,
@@ -323,7 +324,8 @@ class BatchNorm2d(Module):
 
 class MaxPool2d(Module):
     """nn.MaxPool2d(k): the largest value of each k x k block, halving H and W for k = 2:
-    a pattern found anywhere in the block counts, a pixel's shift does not matter."""
+    a pattern found anywhere in the block counts, so a shift that stays inside the block
+    does not change the output."""
 
     def __init__(self, kernel_size=2):
         self.kernel_size = kernel_size
@@ -372,12 +374,15 @@ class LeNet1989(Module):
     """The network of "Backpropagation Applied to Handwritten Zip Code Recognition"
     (LeCun et al., 1989), 9,760 parameters, on 16 x 16 digits in [-1, 1]:
         H1   12 planes of 8 x 8: 5 x 5 filters, stride 2, over the input padded with -1
-        H2   12 planes of 4 x 4: 5 x 5 filters, stride 2, padded with -1 too, each plane
-             reading 8 of H1's 12
+        H2   12 planes of 4 x 4: 5 x 5 filters, stride 2, padded with -1 too (also after
+             ReLU, as the reproduction's modern.py does, though a ReLU never outputs -1),
+             each plane reading 8 of H1's 12
         H3   30 units, fully connected to H2's 192
         out  10 units, fully connected to H3
     Each H1 and H2 unit has its own bias (the paper's; not one per plane); tanh after every
-    layer; weights uniform in +-2.4 / sqrt(fan_in), biases 0. The modern steps change the
+    layer; weights uniform in +-2.4 / sqrt(fan_in), biases 0 (karpathy/lecun1989-repro's
+    repro.py starts the 10 output biases at -1, as nine of ten targets are -1; its
+    modern.py at 0). The modern steps change the
     output (logits for cross-entropy) and the non-linearity (ReLU, with dropout)."""
 
     def __init__(self, generator=None, logits=False, relu=False, dropout=0.0):
@@ -693,9 +698,11 @@ def lecun_passes(cfg):
 
 
 def train_1989(cfg, model, digits, g, quiet=False):
-    """The paper's training: one example at a time (a batch of 1), in the same order
-    every pass. SGD with lr 0.03 (0.01 with cross-entropy), or AdamW with lr 3e-4 decaying
-    linearly to 1e-4. With --augment, each example shifted by -1, 0 or +1 pixels each way
+    """The paper's presentation: one example at a time (a batch of 1), in the same order
+    every pass. The reproduction's optimizer (the paper used a Newton-like method with a
+    diagonal Hessian and gives no learning rate): SGD with lr 0.03 (0.01 with
+    cross-entropy), or AdamW with lr 3e-4 decaying linearly to 1e-4 and torch's default
+    weight decay 0.01, as its modern.py (--lr and --weight-decay are for Fashion-MNIST). With --augment, each example shifted by -1, 0 or +1 pixels each way
     (with the background filling the edge). After every pass, the error on both splits."""
     say = (lambda *a, **k: None) if quiet else print
     X, Y, T = digits["train"]

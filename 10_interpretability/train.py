@@ -520,6 +520,7 @@ class BatchNorm2d(Module):
 
     def forward(self, x):
         C = self.weight.shape[0]
+        # (C, 1, 1) broadcasts over H and W: batch_norm's "features" are the channels here
         gain, bias = self.weight.view(C, 1, 1), self.bias.view(C, 1, 1)  # per channel
         if not self.training:
             out, _, _ = batch_norm(x, gain, bias, self.eps, self.running_mean,
@@ -534,7 +535,8 @@ class BatchNorm2d(Module):
 
 class MaxPool2d(Module):
     """nn.MaxPool2d(k): the largest value of each k x k block, halving H and W for k = 2:
-    a pattern found anywhere in the block counts, a pixel's shift does not matter."""
+    a pattern found anywhere in the block counts, so a shift that stays inside the block
+    does not change the output."""
 
     def __init__(self, kernel_size=2):
         self.kernel_size = kernel_size
