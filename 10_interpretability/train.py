@@ -32,8 +32,8 @@ README.md has the lesson notes and the numbers of both CNNs):
                          average (0.01-0.37%), falling about as 1/m (6.2% at m = 10,
                          0.48% at 100); the sanity check's rank correlation once every
                          layer is random: saliency 0.16, SmoothGrad 0.08, occlusion 0.12
-                         (they pass), integrated gradients 0.90 (it fails: its map is
-                         mostly the image's silhouette)
+                         (they pass), integrated gradients 0.90 (it fails on |map|,
+                         which is mostly the image's silhouette)
 """
 
 # %% Imports
@@ -310,7 +310,9 @@ def patch_masks(H, W, size, stride):
 def occlusion(model, x, classes, size=5, stride=1, fill=0.0):
     """Zeiler & Fergus 2014: cover a size x size square of the image with `fill` (grey:
     the mean pixel), see how far the logit drops, and do it at every position; each
-    pixel gets the mean drop of the squares that covered it (0 if none did). Positive:
+    pixel gets the mean drop of the squares that covered it (0 if none did). (Zeiler &
+    Fergus mapped the class probability at each position of the square; the logit and
+    the mean per pixel are this stage's choices.) Positive:
     hiding it lowers the logit (evidence for the class); negative: hiding it raises the
     logit. No gradient: the model itself is asked, but only about what a square of
     `fill` can hide. (B, 1, H, W)."""
@@ -1135,8 +1137,9 @@ def epochs(n):
 
 
 # a black pixel as the model sees it, computed as fashion_splits computes it (float32), so
-# that the images' black background equals it exactly: -0.8102
-BLACK = ((np.zeros((), np.float32) / 255 - FASHION_MEAN) / FASHION_STD).item()
+# that the images' black background equals it exactly: -0.8102. (A one-element array, not a
+# 0-d one: numpy 1.x computes a float32 0-d array minus a Python float in float64.)
+BLACK = ((np.zeros(1, np.float32) / 255 - FASHION_MEAN) / FASHION_STD).item()
 GREY = 0.0                                 # the mean pixel, normalized: a dark grey
 M_GRID = (1, 3, 10, 30, 100, 300, 1000)    # integrated gradients' steps, to see it converge
 SANITY_LIMIT = 0.5  # a method whose maps stay this rank-correlated at the end fails
@@ -2421,7 +2424,8 @@ def grad(output, inputs):
     saved = [(t.grad, t._retain) for t in inputs]
     for t in inputs:  # backward() drops an intermediate result's .grad unless retained
         t.grad, t._retain = None, True
-    for t in others:  # for now, they need none: each op skips their share of the work
+    for t in others:  # for now, they need none: conv2d and linear skip their share of the
+        # work (BatchNorm's gain and bias reach the graph through views, which still do)
         t.requires_grad = False
     try:
         output.backward()

@@ -37,6 +37,14 @@ def tiny_cnn(seed=0):
     return model.eval()
 
 
+def test_black_is_exactly_the_images_black_background():
+    """BLACK must equal a black pixel as fashion_splits normalizes it, bit for bit (the
+    garment masks compare with it), under numpy 1.x's casting rules as under 2.x's."""
+    black = (np.zeros(3, np.uint8).astype(np.float32) / 255 - stage.FASHION_MEAN) \
+        / stage.FASHION_STD
+    assert black.dtype == np.float32 and (black == stage.BLACK).all()
+
+
 def test_saliency_is_the_finite_difference_gradient_of_the_logit():
     model = tiny_cnn()
     x, classes = R.standard_normal((3, 1, 8, 8)), np.array([0, 2, 3])
