@@ -1132,7 +1132,7 @@ def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
     def _backward(g):
         gain._accumulate(g * xhat)  # summed over the batch by _accumulate
         bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # var's shape, (1, D) or so
+        s = gain.data / np.sqrt(var + eps)                    # var's shape, e.g. (1, D)
         if training:  # the statistics depend on x too
             dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
                           - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))

@@ -702,8 +702,9 @@ def train_1989(cfg, model, digits, g, quiet=False):
     every pass. The reproduction's optimizer (the paper used a Newton-like method with a
     diagonal Hessian and gives no learning rate): SGD with lr 0.03 (0.01 with
     cross-entropy), or AdamW with lr 3e-4 decaying linearly to 1e-4 and torch's default
-    weight decay 0.01, as its modern.py (--lr and --weight-decay are for Fashion-MNIST). With --augment, each example shifted by -1, 0 or +1 pixels each way
-    (with the background filling the edge). After every pass, the error on both splits."""
+    weight decay 0.01, as its modern.py (--lr and --weight-decay are for Fashion-MNIST).
+    With --augment, each example shifted by -1, 0 or +1 pixels each way (with the
+    background filling the edge). After every pass, the error on both splits."""
     say = (lambda *a, **k: None) if quiet else print
     X, Y, T = digits["train"]
     passes = lecun_passes(cfg)
@@ -2035,7 +2036,7 @@ def batch_norm(x, gain, bias, eps=1e-5, mean=None, var=None, dims=(0,)):
     def _backward(g):
         gain._accumulate(g * xhat)  # summed over the batch by _accumulate
         bias._accumulate(g)
-        s = gain.data / np.sqrt(var + eps)                    # var's shape, (1, D) or so
+        s = gain.data / np.sqrt(var + eps)                    # var's shape, e.g. (1, D)
         if training:  # the statistics depend on x too
             dx = s / n * (n * g - g.sum(axis=dims, keepdims=True)
                           - n / (n - 1) * xhat * (g * xhat).sum(axis=dims, keepdims=True))
