@@ -748,7 +748,8 @@ def check_prompt(prompt, stoi, dataset):
                             f"{unknown!r}")
     if dataset == "names" and len(prompt) >= BLOCK_SIZE - 1:
         raise cli.UserError(f"--prompt is {len(prompt)} letters; names have at most "
-                            f"{BLOCK_SIZE - 1}, and the model must add at least one")
+                            f"{BLOCK_SIZE - 1}, so a prompt at most {BLOCK_SIZE - 2} (the "
+                            f"model adds at least one)")
 
 
 # %% Figures

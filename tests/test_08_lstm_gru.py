@@ -399,12 +399,15 @@ def test_min_lr_is_checked_only_with_the_cosine_schedule():
 
 @pytest.mark.parametrize("args", [["--cell", "transformer"], ["--n-hidden", "0"],
                                   ["--temperature", "0"], ["--prompt", "Zoe"],
+                                  ["--prompt", "abcdefghijklmno"],
                                   ["--sample", "--out", "no/such/folder"]])
 def test_bad_input_is_one_line(args):
     line = assert_one_line_error(run_script("08_lstm_gru/train.py", "--steps", "1",
                                             "--no-plots", *args))
-    if args[0] == "--prompt":
+    if args[:2] == ["--prompt", "Zoe"]:
         assert "'Z'" in line
+    if args[:2] == ["--prompt", "abcdefghijklmno"]:
+        assert "at most 14" in line
 
 
 def test_ctrl_c_keeps_the_model_trained_so_far(tmp_path, monkeypatch):
